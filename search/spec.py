@@ -1,0 +1,384 @@
+"""Reading a search-space spec: YAML in, validated plain data (`Spec`) out.
+
+Keys, types and defaults are documented in `spaces/README.md`; the dataclass defaults below
+are the defaults. Every problem is a `SpecError`, one line `<file>: <key.path>: <problem>`.
+YAML is read with `yaml.safe_load`. `search.space` turns a `Spec` into a `SearchSpace`.
+
+The family rule lives here because the `families` constraint is defined by it (ours; the
+paper only gives examples): a stage of depth d is *even* when its C count is 0, d/2 or d;
+a layout is *symmetric* when every stage is even, *asymmetric* otherwise.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from ascan.config import C_BLOCKS, NUM_STAGES, T_BLOCKS
+
+FAMILIES = ("symmetric", "asymmetric")
+DEFAULT_WIDTHS = (64, 128, 256, 512)
+TOP_KEYS = ("description", "stages", "layouts", "blocks", "constraints", "network", "target", "proxy", "budget",
+            "report")
+
+
+class SpecError(ValueError):
+    """A bad spec, in one line: `<file>: <key.path>: <problem>`."""
+
+    def __init__(self, file: str, key: str | None, problem: str):
+        self.file, self.key, self.problem = file, key, " ".join(problem.split())
+        super().__init__(": ".join(part for part in (file, key, self.problem) if part))
+
+
+def stage_is_even(depth: int, t: int) -> bool:
+    c = depth - t
+    return c in (0, depth) or 2 * c == depth
+
+
+def layout_family(layouts: str | Sequence[str]) -> str:
+    """'symmetric' or 'asymmetric' for `CC-CCCT-CCTT-CTTT` or its stage strings."""
+    stages = layouts.split("-") if isinstance(layouts, str) else layouts
+    return "symmetric" if all(stage_is_even(len(s), s.count("T")) for s in stages) else "asymmetric"
+
+
+# ----------------------------------------------------------------- spec sections
+@dataclass(frozen=True)
+class NetworkSettings:
+    """Architecture of the target network; the proxy rescales widths and head_dim."""
+
+    stem_width: int = 64
+    stem_stride: int = 2
+    head_width: int = 768
+    head_dim: int = 32
+    expansion: float = 4.0
+    se_ratio: float = 0.25
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.0
+    in_chans: int = 3
+    CHOICES: ClassVar[dict] = {"stem_stride": (1, 2)}
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """The deployed network's input size and how its latency and MACs are measured."""
+
+    img_size: int = 224
+    batch_size: int = 1
+    dtype: str = "float32"
+    device: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    num_classes: int = 1000
+    CHOICES: ClassVar[dict] = {"dtype": ("float32", "float16", "bfloat16"), "device": ("auto", "cpu", "cuda")}
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """How a candidate is shrunk for short training: every width x width_mult, smaller images."""
+
+    width_mult: float = 0.25
+    img_size: int = 32
+    stem_stride: int = 1
+    head_dim: int = 16
+    drop_path_rate: float = 0.0
+    CHOICES: ClassVar[dict] = {"stem_stride": (1, 2)}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Optional ceilings on the target network (None: no ceiling)."""
+
+    max_latency_ms: float | None = None
+    max_macs: float | None = None
+    max_params: float | None = None
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """How results of this space are compared. Hypervolume uses the fixed reference point
+    (error 1, latency `reference_latency_ms` on the target device): the same for every study
+    of the space, so runs compare."""
+
+    reference_latency_ms: float = 250.0
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Named constraints on whole layouts. C before T inside a stage always holds (paper)."""
+
+    t_non_decreasing: bool = False
+    min_total_t: int | None = None
+    max_total_t: int | None = None
+    families: tuple[str, ...] = FAMILIES
+
+    def allows_step(self, prev_t: int, t: int) -> bool:
+        return not self.t_non_decreasing or t >= prev_t
+
+    def violated_at_end(self, total_t: int, uneven: bool) -> str | None:
+        if self.min_total_t is not None and total_t < self.min_total_t:
+            return "min_total_t"
+        if self.max_total_t is not None and total_t > self.max_total_t:
+            return "max_total_t"
+        if ("asymmetric" if uneven else "symmetric") not in self.families:
+            return "families"
+        return None
+
+    def violation(self, layouts: Sequence[str]) -> str | None:
+        """Name of the first constraint `layouts` breaks, or None."""
+        t_counts = [s.count("T") for s in layouts]
+        if not all(self.allows_step(a, b) for a, b in zip(t_counts, t_counts[1:])):
+            return "t_non_decreasing"
+        return self.violated_at_end(sum(t_counts), layout_family(layouts) == "asymmetric")
+
+
+@dataclass(frozen=True)
+class StageRule:
+    depths: tuple[int, ...]
+    t_blocks: tuple[int, ...] | None  # None: any count from 0 to the depth
+
+    def options(self) -> list[tuple[int, int]]:
+        """(depth, T count) pairs this stage allows; C blocks always come first."""
+        return [(d, t) for d in self.depths for t in range(d + 1) if self.t_blocks is None or t in self.t_blocks]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A spec file, checked key by key. Exactly one of `rules` and `layouts` is set."""
+
+    name: str
+    path: Path
+    file: str  # the path as error messages show it
+    description: str
+    rules: tuple[StageRule, ...] | None
+    layouts: tuple[tuple[str, ...], ...] | None
+    widths: tuple[tuple[int, ...], ...]  # width choices per stage
+    c_blocks: tuple[str, ...]
+    t_blocks: tuple[str, ...]
+    constraints: Constraints
+    network: NetworkSettings
+    target: TargetSettings
+    proxy: ProxySettings
+    budget: Budget
+    report: ReportSettings
+
+
+def locate_spec(name_or_path: str | Path, spaces_dir: Path) -> Path:
+    """`hybrid` -> `spaces_dir/hybrid.yaml`; a path (with / or .yaml) is taken as given."""
+    name = str(name_or_path)
+    is_path = "/" in name or name.endswith((".yaml", ".yml"))
+    path = Path(name) if is_path else spaces_dir / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in spaces_dir.glob("*.yaml"))
+        problem = "no such file" if is_path else f"no space named {name!r}{_hint(name, available)}"
+        raise SpecError(display_path(path), None, f"{problem}; available spaces: {', '.join(available) or 'none'}")
+    return path
+
+
+def read_spec(path: Path) -> Spec:
+    file = display_path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:  # both mean the file is not readable YAML
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise SpecError(file, None, f"invalid YAML: {where}{getattr(err, 'problem', None) or err}") from None
+    read = _Reader(file)
+    if data is None:
+        raise read.fail("", "empty spec")
+    top = read.mapping(data, "", TOP_KEYS)
+    description = top.get("description", "")
+    if not isinstance(description, str):
+        raise read.fail("description", f"expected a string, got {_kind(description)}")
+    constraints = _read_constraints(read, top.get("constraints"))
+    rules, widths = _read_stages(read, top.get("stages"), with_rules="layouts" not in top)
+    blocks = read.mapping(top.get("blocks"), "blocks", ("c", "t"))
+    return Spec(
+        name=path.stem, path=path, file=file, description=description,
+        rules=None if "layouts" in top else tuple(rules),
+        layouts=_read_layouts(read, top["layouts"], constraints) if "layouts" in top else None,
+        widths=widths, constraints=constraints,
+        c_blocks=read.names(blocks.get("c", "fused_mbconv"), "blocks.c", C_BLOCKS),
+        t_blocks=read.names(blocks.get("t", "attention"), "blocks.t", T_BLOCKS),
+        network=read.settings(top.get("network"), "network", NetworkSettings),
+        target=read.settings(top.get("target"), "target", TargetSettings),
+        proxy=read.settings(top.get("proxy"), "proxy", ProxySettings),
+        budget=read.settings(top.get("budget"), "budget", Budget),
+        report=read.settings(top.get("report"), "report", ReportSettings))
+
+
+# ----------------------------------------------------------------- the strict reader
+class _Reader:
+    """Typed access to parsed YAML: every problem becomes a SpecError with its key path."""
+
+    def __init__(self, file: str):
+        self.file = file
+
+    def fail(self, key: str, problem: str) -> SpecError:
+        return SpecError(self.file, key, problem)
+
+    def mapping(self, value: Any, key: str, known: Sequence[str]) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a mapping, got {_kind(value)}")
+        for name in value:
+            if name not in known:
+                hint = _hint(str(name), known) or f" (known keys: {', '.join(known)})"
+                raise self.fail(_at(key, name), "unknown key" + hint)
+        return value
+
+    def items(self, value: Any, key: str, ok: Callable[[Any], bool], what: str) -> list:
+        """A value or a non-empty list of distinct values, each passing `ok`."""
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise self.fail(key, f"expected {what} or a list of them, got an empty list")
+        bad = [item for item in items if not ok(item)]
+        if bad:
+            raise self.fail(key, f"expected {what} or a list of them, got {_kind(bad[0])}")
+        if len(set(items)) < len(items):
+            raise self.fail(key, f"repeated value in {items}")
+        return items
+
+    def integers(self, value: Any, key: str, minimum: int, below: str, what: str = "an integer") -> tuple[int, ...]:
+        items = self.items(value, key, _is_int, what)
+        too_small = [item for item in items if item < minimum]
+        if too_small:
+            raise self.fail(key, f"{too_small[0]} {below}")
+        return tuple(sorted(items))
+
+    def names(self, value: Any, key: str, allowed: Sequence[str]) -> tuple[str, ...]:
+        items = self.items(value, key, lambda item: isinstance(item, str), "a name")
+        for item in items:
+            if item not in allowed:
+                raise self.fail(key, f"unknown value {item!r}{_hint(item, allowed)} (choose from {', '.join(allowed)})")
+        return tuple(items)
+
+    def setting(self, value: Any, key: str, type_name: str, choices: Sequence | None) -> Any:
+        """One scalar typed by its dataclass annotation ('int', 'float | None', ...)."""
+        optional = type_name.endswith("| None")
+        if value is None and optional:
+            return None
+        kind = type_name.split(" ")[0]
+        if kind == "bool":
+            ok, what = isinstance(value, bool), "true or false"
+        elif kind == "str":
+            ok, what = isinstance(value, str), "a string"
+        elif kind == "int":
+            ok, what = _is_int(value) and value >= (0 if optional else 1), "an integer >= " + ("0" if optional else "1")
+        else:  # only these fractions may be zero; a zero width multiplier or ceiling is a mistake
+            zero_ok = key.rsplit(".", 1)[-1] in ("se_ratio", "drop_path_rate")
+            ok = _is_number(value) and (value >= 0 if zero_ok else value > 0)
+            what = "a number " + (">= 0" if zero_ok else "> 0")
+        if not ok:
+            sci = " (YAML reads 1.5e9 as text: write 1.5e+9)" if isinstance(value, str) and "e" in value.lower() else ""
+            raise self.fail(key, f"expected {what}, got {_kind(value)}{sci}")
+        if choices and value not in choices:
+            raise self.fail(key, f"{value!r} is not one of {', '.join(map(str, choices))}{_hint(str(value), choices)}")
+        return float(value) if kind == "float" else value
+
+    def settings(self, value: Any, key: str, cls: type) -> Any:
+        types = {f.name: f.type for f in fields(cls)}
+        data = self.mapping(value, key, list(types))
+        choices = getattr(cls, "CHOICES", {})
+        return cls(**{name: self.setting(v, _at(key, name), types[name], choices.get(name)) for name, v in data.items()})
+
+
+def _read_constraints(read: _Reader, value: Any) -> Constraints:
+    data = dict(read.mapping(value, "constraints", ("c_before_t", *(f.name for f in fields(Constraints)))))
+    if data.pop("c_before_t", True) is not True:
+        raise read.fail("constraints.c_before_t", "always true: C blocks precede T blocks inside a stage (paper)")
+    families = read.names(data.pop("families", list(FAMILIES)), "constraints.families", FAMILIES)
+    types = {f.name: f.type for f in fields(Constraints)}
+    values = {name: read.setting(v, f"constraints.{name}", types[name], None) for name, v in data.items()}
+    constraints = Constraints(**values, families=families)
+    low, high = constraints.min_total_t, constraints.max_total_t
+    if low is not None and high is not None and low > high:
+        raise read.fail("constraints.min_total_t", f"{low} is above max_total_t={high}")
+    return constraints
+
+
+def _read_stages(read: _Reader, value: Any, with_rules: bool) -> tuple[list[StageRule], tuple[tuple[int, ...], ...]]:
+    if value is None:
+        if with_rules:
+            raise read.fail("stages", f"missing: give {NUM_STAGES} stage rules, or list `layouts:`")
+        return [], tuple((width,) for width in DEFAULT_WIDTHS)
+    if not isinstance(value, list) or len(value) != NUM_STAGES:
+        raise read.fail("stages", f"expected a list of {NUM_STAGES} stages, got {_kind(value)}")
+    rules, widths = [], []
+    for i, entry in enumerate(value):
+        key = f"stages[{i}]"
+        entry = read.mapping(entry, key, ("depth", "t_blocks", "width"))
+        widths.append(read.integers(entry.get("width", DEFAULT_WIDTHS[i]), f"{key}.width", 1, "is not a width"))
+        if not with_rules:
+            fixed = next((k for k in ("depth", "t_blocks") if k in entry), None)
+            if fixed:
+                raise read.fail(f"{key}.{fixed}", "not used when the spec lists `layouts:` (they fix every stage)")
+            continue
+        if "depth" not in entry:
+            raise read.fail(f"{key}.depth", "missing (allowed depths, e.g. 4 or [2, 4])")
+        depths = read.integers(entry["depth"], f"{key}.depth", 1, f"leaves stage {i + 1} empty (need at least 1 block)")
+        t_value = entry.get("t_blocks", 0 if i == 0 else "any")  # stage 1 is convolution-only unless told
+        t_blocks = None if t_value == "any" else read.integers(
+            t_value, f"{key}.t_blocks", 0, "is not a count", what="'any', an integer")
+        for depth in depths if t_blocks else ():
+            if min(t_blocks) > depth:
+                raise read.fail(f"{key}.t_blocks", f"no allowed T count fits depth {depth} (allowed: {list(t_blocks)})")
+        if t_blocks and max(t_blocks) > max(depths):
+            raise read.fail(f"{key}.t_blocks", f"{max(t_blocks)} T blocks do not fit in depth {max(depths)}")
+        rules.append(StageRule(depths, t_blocks))
+    return rules, tuple(widths)
+
+
+def _read_layouts(read: _Reader, value: Any, constraints: Constraints) -> tuple[tuple[str, ...], ...]:
+    if not isinstance(value, list) or not value:
+        raise read.fail("layouts", f"expected a non-empty list like ['CC-CCCT-CCTT-CTTT'], got {_kind(value)}")
+    seen: dict[tuple[str, ...], int] = {}
+    for i, text in enumerate(value):
+        if not isinstance(text, str):
+            raise read.fail(f"layouts[{i}]", f"expected a layout string like 'CC-CCCT-CCTT-CTTT', got {_kind(text)}")
+        stages = tuple(text.split("-"))
+        problem = (f"has {len(stages)} stages, need {NUM_STAGES}" if len(stages) != NUM_STAGES
+                   else "has an empty stage" if not all(stages)
+                   else "uses letters other than C and T" if set(text) - set("CT-")
+                   else "puts a T block before a C block (c_before_t)" if any("TC" in s for s in stages)
+                   else f"repeats layouts[{seen[stages]}]" if stages in seen
+                   else f"breaks constraint {constraints.violation(stages)}" if constraints.violation(stages)
+                   else None)
+        if problem:
+            raise read.fail(f"layouts[{i}]", f"{text!r} {problem}")
+        seen[stages] = i
+    return tuple(seen)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _kind(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) < 40 else text[:37] + '...'}"
+
+
+def _at(key: str, name: Any) -> str:
+    return f"{key}.{name}" if key else str(name)
+
+
+def _hint(word: str, options: Sequence[Any]) -> str:
+    close = difflib.get_close_matches(word, [str(o) for o in options], n=1, cutoff=0.5)  # 0.5: catches 'widht'
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def display_path(path: Path) -> str:
+    """`path` relative to the working directory when inside it, as users typed it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
