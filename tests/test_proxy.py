@@ -1,0 +1,119 @@
+"""Proxy training on real CIFAR-10 slices: it learns, it reports, it fails softly, it is seeded."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from ascan import ArchConfig
+from search import data as data_mod
+from search.data import load_dataset, make_split
+from search.proxy import PRESETS, ProxySettings, evaluate, preset, train_proxy, warmup_cosine
+
+SHARED_NPZ = data_mod.project_data_dir() / "cifar10.npz"
+pytestmark = pytest.mark.skipif(not SHARED_NPZ.is_file(), reason=f"CIFAR-10 not at {SHARED_NPZ}")
+
+# The space's proxy of the paper's C1 layout, and a much smaller one for the quick checks.
+C1_PROXY = ArchConfig(layouts=("CC", "CCCT", "CCTT", "CTTT"), widths=(16, 32, 64, 128), stem_width=16,
+                      stem_stride=1, head_width=256, head_dim=16, img_size=32, num_classes=10)
+TINY = ArchConfig(layouts=("C", "C", "CT", "T"), widths=(16, 16, 32, 32), stem_width=16, stem_stride=1,
+                  head_width=64, head_dim=8, img_size=32, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def cifar():
+    return load_dataset("cifar10", root=SHARED_NPZ.parent)
+
+
+@pytest.fixture(scope="module")
+def smoke_split(cifar):
+    s = PRESETS["smoke"]
+    return make_split(cifar, train_size=s.train_size, val_size=s.val_size, seed=s.data_seed)
+
+
+def test_training_steps_lower_the_loss_and_report_every_epoch(smoke_split):
+    seen = []
+    result = train_proxy(TINY, smoke_split, PRESETS["smoke"], on_epoch=lambda e, acc: seen.append((e, acc)))
+    assert result.status == "ok" and result.failure_reason is None, result
+    assert result.epochs_done == 2 and [e for e, _ in seen] == [1, 2]
+    assert result.curve == tuple(acc for _, acc in seen) and result.val_accuracy == result.curve[-1]
+    first, last = result.train_loss_curve
+    assert last < first - 0.05 and last < math.log(10), result.train_loss_curve  # below chance
+    assert result.images_per_sec > 0 and result.wall_time_s > 0 and result.device == "cpu"
+    assert json.loads(json.dumps(result.to_dict()))["curve"] == list(result.curve)
+
+
+def test_same_seed_same_result_and_threads_restored(smoke_split):
+    settings = preset("smoke", epochs=1, num_threads=1)
+    threads = torch.get_num_threads()
+    rng_before = torch.get_rng_state()
+    a = train_proxy(TINY, smoke_split, settings)
+    assert torch.get_num_threads() == threads and torch.equal(torch.get_rng_state(), rng_before)
+    b = train_proxy(TINY, smoke_split, settings)
+    c = train_proxy(TINY, smoke_split, settings.replace(seed=1))
+    assert a.train_loss_curve == b.train_loss_curve and a.curve == b.curve
+    assert c.train_loss_curve != a.train_loss_curve
+
+
+def test_nan_loss_returns_a_failed_result_with_reason(smoke_split):
+    result = train_proxy(TINY, smoke_split, preset("smoke", lr=1e6))
+    assert result.status == "failed" and not result.ok
+    assert "non-finite training loss" in result.failure_reason and "lr=1e+06" in result.failure_reason
+    assert result.epochs_done == 0 and result.curve == () and result.val_accuracy == 0.0
+
+
+def test_callback_exceptions_propagate_to_stop_a_trial(smoke_split):
+    class Pruned(Exception):
+        pass
+
+    def prune(epoch: int, accuracy: float) -> None:
+        raise Pruned(f"stop at {epoch}")
+
+    with pytest.raises(Pruned, match="stop at 1"):
+        train_proxy(TINY, smoke_split, preset("smoke"), on_epoch=prune)
+
+
+def test_evaluate_scores_a_trained_model_on_other_images(cifar, smoke_split):
+    from ascan import build_model
+    from search.proxy import fit
+    model = build_model(TINY)
+    result = fit(model, smoke_split, preset("smoke", epochs=1))
+    same = evaluate(model, smoke_split.x_val, smoke_split.y_val, smoke_split, PRESETS["smoke"])
+    assert same == result.val_accuracy  # the same scoring path as during training
+    test_acc = evaluate(model, cifar.x_test[:300], cifar.y_test[:300], smoke_split, PRESETS["smoke"])
+    assert 0.0 <= test_acc <= 1.0
+
+
+def test_config_that_does_not_fit_the_data_is_a_caller_error(smoke_split):
+    with pytest.raises(ValueError, match="num_classes=100"):
+        train_proxy(TINY.replace(num_classes=100), smoke_split, PRESETS["smoke"])
+    with pytest.raises(ValueError, match="in_chans=1"):
+        train_proxy(TINY.replace(in_chans=1), smoke_split, PRESETS["smoke"])
+
+
+def test_settings_validation_names_the_field():
+    with pytest.raises(ValueError, match=r"ProxySettings.lr=-1"):
+        ProxySettings(lr=-1)
+    with pytest.raises(ValueError, match=r"ProxySettings.amp_dtype='fp8'"):
+        ProxySettings(amp_dtype="fp8")
+    with pytest.raises(ValueError, match=r"ProxySettings.device='tpu'"):
+        ProxySettings(device="tpu")
+    with pytest.raises(ValueError, match="unknown"):
+        preset("fastest")
+    assert preset("default", epochs=2).epochs == 2 and PRESETS["default"].epochs != 2
+
+
+def test_thorough_trains_about_five_times_longer_than_default():
+    default, thorough = PRESETS["default"], PRESETS["thorough"]
+    ratio = (thorough.epochs * thorough.train_size) / (default.epochs * default.train_size)
+    assert 4 <= ratio <= 6
+    assert thorough.val_size == default.val_size and thorough.data_seed == default.data_seed  # same scoring slice
+
+
+def test_warmup_then_cosine_schedule():
+    factors = [warmup_cosine(step, 10, 100) for step in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert max(factors) == pytest.approx(1.0) and factors[-1] < 0.01
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
