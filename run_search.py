@@ -1,10 +1,70 @@
-"""Entry point: `python run_search.py space=hybrid` (the search engine is not built yet)."""
+"""Search AsCAN layouts for the accuracy-latency trade-off.
+
+    python run_search.py space=hybrid                      # the default search
+    python run_search.py space=hybrid dry_run=true         # show the space, train nothing
+    python run_search.py space=paper search.n_trials=12 executor=inline
+    python run_search.py help                              # every key and its default
+
+Writes `results/<study>/`: `study.db` (Optuna storage), `config.yaml` (the resolved
+settings), `trials.csv`, `dashboard.html`. Re-running the same command resumes the study.
+"""
+from __future__ import annotations
+
+import os
 import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
-def main() -> int:
-    print("run_search.py: the search engine is not built yet (see README: Status).", file=sys.stderr)
-    return 2
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from search.settings import SettingsError, help_text, parse_args
+
+    if not argv or argv[0] in ("help", "-h", "--help"):
+        print(help_text())
+        return 0 if argv else EXIT_BAD_INPUT
+    try:
+        settings = parse_args(argv)
+        return _run(settings)
+    except (SettingsError,) as err:
+        return _bad_input(err)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished trials are saved; re-run the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _bad_input(err: BaseException) -> int:
+    print(f"error: {err}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _run(settings) -> int:
+    from search.campaign import BadInput, Campaign
+
+    try:
+        campaign = Campaign.from_settings(settings)
+    except BadInput as err:
+        return _bad_input(err)
+    if settings.dry_run:
+        print(campaign.describe())
+        return 0
+    print(campaign.header())
+    started = time.monotonic()
+    try:
+        campaign.run()
+    except BadInput as err:
+        return _bad_input(err)
+    except KeyboardInterrupt:
+        campaign.finish(interrupted=True)
+        raise
+    print(campaign.finish(interrupted=False))
+    print(f"done in {time.monotonic() - started:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":
