@@ -6,8 +6,11 @@ with timm when `ascan` is imported, so `timm.create_model("ascan_<name>")` build
 """
 from __future__ import annotations
 
+import os
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -68,3 +71,117 @@ def ascan_base(pretrained: bool = False, **kwargs: Any) -> AsCAN:
 @register_model
 def ascan_large(pretrained: bool = False, **kwargs: Any) -> AsCAN:
     return create_ascan("ascan_large", ZOO_CONFIGS["ascan_large"], pretrained, **kwargs)
+
+
+# ----------------------------------------------------------------- exported architectures
+ZOO_DIR_ENV = "ASCAN_ZOO_DIR"  # extra zoo folders (os.pathsep-separated), read after this one
+BUILTIN_NAMES = frozenset(ZOO_CONFIGS)
+EXPORTED: dict[str, ZooFile] = {}  # exported models registered with timm in this process, by name
+
+
+@dataclass(frozen=True)
+class ZooFile:
+    """One exported architecture: `<name>.yaml` holding `config:` and `provenance:`."""
+
+    name: str
+    path: Path
+    config: ArchConfig
+    provenance: dict[str, Any]
+
+    @property
+    def weights(self) -> Path | None:
+        """Optional weights beside the YAML, as safetensors (never a pickle)."""
+        path = self.path.with_suffix(".safetensors")
+        return path if path.is_file() else None
+
+
+def zoo_dirs() -> list[Path]:
+    """Where zoo YAML files are read from: this package's folder, then `$ASCAN_ZOO_DIR`."""
+    extra = [Path(p) for p in os.environ.get(ZOO_DIR_ENV, "").split(os.pathsep) if p]
+    return [ZOO_DIR, *extra]
+
+
+def read_zoo_file(path: Path) -> ZooFile:
+    """Parse and validate one zoo file; the ValueError names the file and what is wrong."""
+    path = Path(path)
+    try:
+        return _parse_zoo_file(path)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def _parse_zoo_file(path: Path) -> ZooFile:
+    name = path.stem
+    if not (name.startswith("ascan_") and name.isidentifier()):
+        raise ValueError("the file name must be 'ascan_<name>.yaml', the name a Python identifier")
+    if name in BUILTIN_NAMES:
+        raise ValueError(f"{name} is a built-in model and cannot be redefined")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"unreadable YAML ({' '.join(str(err).split())})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+        raise ValueError("expected a mapping with a 'config:' section")
+    if data.get("name", name) != name:
+        raise ValueError(f"name {data['name']!r} does not match the file name")
+    try:
+        config = ArchConfig.from_dict(data["config"])  # its ValueError names the bad field
+    except TypeError as err:  # e.g. a mapping where a number belongs
+        raise ValueError(f"config: {err}") from None
+    provenance = data.get("provenance") or {}
+    if not isinstance(provenance, dict):
+        raise ValueError("'provenance:' must be a mapping")
+    return ZooFile(name, path, config, provenance)
+
+
+def _cfg_for(entry: ZooFile) -> dict[str, Any]:
+    cfg = entry.config
+    final = cfg.stage_resolutions()[-1]
+    weights = entry.weights
+    return _cfg(num_classes=cfg.num_classes, input_size=(cfg.in_chans, cfg.img_size, cfg.img_size),
+                pool_size=(final, final), **({"file": str(weights)} if weights else {}))
+
+
+def _entrypoint(entry: ZooFile) -> Callable[..., AsCAN]:
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> AsCAN:
+        return create_ascan(entry.name, entry.config, pretrained, **kwargs)
+
+    # timm registers a function under its __name__ and finds its pretrained cfg in the
+    # `default_cfgs` of its __module__, so the generated function must claim both.
+    entrypoint.__name__ = entrypoint.__qualname__ = entry.name
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = f"{entry.config.short_name()} (exported from {entry.path.name})"
+    return entrypoint
+
+
+def register_zoo_file(path: Path) -> ZooFile:
+    """Register one zoo file with timm (again, if it changed): raises ValueError if invalid."""
+    entry = read_zoo_file(path)
+    default_cfgs.update(generate_default_cfgs({entry.name: _cfg_for(entry)}))
+    fn = _entrypoint(entry)
+    globals()[entry.name] = fn
+    with warnings.catch_warnings():  # re-registering an exported name (after `--force`) is intended
+        warnings.filterwarnings("ignore", message=f"Overwriting {entry.name} in registry")
+        register_model(fn)
+    EXPORTED[entry.name] = entry
+    return entry
+
+
+def load_zoo(dirs: list[Path] | None = None) -> dict[str, ZooFile]:
+    """Register every `*.yaml` in the zoo folders. A bad file is skipped with one warning
+    naming it, so one corrupt export never breaks `import ascan` for the other models."""
+    for folder in zoo_dirs() if dirs is None else dirs:
+        for path in sorted(Path(folder).glob("*.yaml")):
+            earlier = EXPORTED.get(path.stem)
+            if earlier is not None and earlier.path.resolve() != path.resolve():
+                warnings.warn(f"ascan zoo: skipping {path}: {path.stem} is already defined by {earlier.path}",
+                              stacklevel=2)
+                continue
+            try:
+                register_zoo_file(path)
+            except ValueError as err:
+                warnings.warn(f"ascan zoo: skipping {err}", stacklevel=2)
+    return dict(EXPORTED)
+
+
+load_zoo()

@@ -1,0 +1,143 @@
+"""Export a trial of a real tiny study into a zoo folder, then build it with timm elsewhere.
+
+The study is the one `test_dashboard.py` makes (shared through the session's temp folder).
+Exports go to a temporary zoo folder, read through `$ASCAN_ZOO_DIR`, never into `ascan/zoo/`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+import timm
+import torch
+import yaml
+from optuna.trial import TrialState, create_trial
+
+from ascan import ArchConfig, zoo
+from search.dashboard import open_study_dir
+from search.export import ExportError, export_trial
+from search.export import main as export_main
+from search.report import front_trials
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def study(study_dir: Path) -> optuna.Study:
+    return open_study_dir(study_dir)
+
+
+def python(code: str, zoo_dir: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    env.pop(zoo.ZOO_DIR_ENV, None)
+    if zoo_dir is not None:
+        env[zoo.ZOO_DIR_ENV] = str(zoo_dir)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, env=env)
+
+
+def test_exported_trial_builds_the_same_network_in_a_fresh_process(study, study_dir: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture):
+    chosen = max(front_trials(study), key=lambda t: t.values[0])
+    zoo_dir = tmp_path / "zoo"
+    status = export_main([str(study_dir), "--trial", str(chosen.number), "--name", "ascan_test_chosen",
+                          "--zoo-dir", str(zoo_dir)])
+    assert status == 0 and f"wrote {zoo_dir / 'ascan_test_chosen.yaml'}" in capsys.readouterr().out
+    record = yaml.safe_load((zoo_dir / "ascan_test_chosen.yaml").read_text())
+    provenance = record["provenance"]
+    assert (provenance["study"], provenance["trial"], provenance["space"]) == (study.study_name, chosen.number, "tiny")
+    assert provenance["metrics"]["accuracy"] == chosen.values[0]
+    assert provenance["metrics"]["latency_ms"] == chosen.user_attrs["latency_ms"]
+    assert provenance["device"] == chosen.user_attrs["profile_fingerprint"]
+
+    proc = python("""
+        import json, timm, torch, ascan
+        model = timm.create_model("ascan_test_chosen")
+        small = timm.create_model("ascan_test_chosen", num_classes=10).eval()
+        size = model.pretrained_cfg["input_size"]
+        print(json.dumps({
+            "listed": timm.list_models("ascan*"), "hash": model.config.arch_hash,
+            "params": sum(p.numel() for p in model.parameters()), "input_size": list(size),
+            "logits": list(small(torch.randn(1, *size)).shape)}))
+    """, zoo_dir=zoo_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    built = json.loads(proc.stdout)
+    target = ArchConfig.from_dict(chosen.user_attrs["target_config"])
+    assert "ascan_test_chosen" in built["listed"] and "ascan_tiny" in built["listed"]
+    assert built["hash"] == chosen.user_attrs["arch_hash"] == target.arch_hash
+    assert built["params"] == chosen.user_attrs["params"]
+    assert built["input_size"] == [target.in_chans, target.img_size, target.img_size]
+    assert built["logits"] == [1, 10]
+
+
+def test_refusals_are_one_line_errors(study, study_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    zoo_dir = tmp_path / "zoo"
+    feasible = front_trials(study)[0].number
+    untrained = next(t.number for t in study.trials if t.user_attrs.get("trained") is False)
+    first = export_trial(study_dir, feasible, "ascan_test_refusals", zoo_dir=zoo_dir)
+    refusals = [
+        (dict(trial_number=feasible, name="ascan_test_refusals"), "exists; use --force"),
+        (dict(trial_number=feasible, name="ascan_tiny", force=True), "built-in"),
+        (dict(trial_number=feasible, name="mynet"), "must be 'ascan_'"),
+        (dict(trial_number=feasible, name="ascan_my-net"), "must be 'ascan_'"),
+        (dict(trial_number=len(study.trials), name="ascan_test_x"), "no such trial"),
+        (dict(trial_number=-1, name="ascan_test_x"), "no such trial"),
+        (dict(trial_number=untrained, name="ascan_test_x"), "infeasible"),
+    ]
+    for kwargs, message in refusals:
+        with pytest.raises(ExportError, match=message) as err:
+            export_trial(study_dir, zoo_dir=zoo_dir, **kwargs)
+        assert "\n" not in str(err.value)
+    before = first.read_text()
+    export_trial(study_dir, untrained, "ascan_test_refusals", force=True, zoo_dir=zoo_dir)
+    assert first.read_text() != before  # --force replaced it
+    assert yaml.safe_load(first.read_text())["provenance"]["trial"] == untrained
+
+    # A failed trial: the engine records one when proxy training crashes; add one to a copy.
+    copy = tmp_path / study_dir.name
+    shutil.copytree(study_dir, copy, ignore=shutil.ignore_patterns("*.html"))
+    broken = open_study_dir(copy)
+    broken.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"failure_reason": "proxy training raised OOM"}))
+    status = export_main([str(copy), "--trial", str(len(study.trials)), "--name", "ascan_test_x",
+                          "--zoo-dir", str(zoo_dir)])
+    assert status == 2
+    assert capsys.readouterr().err == (f"error: --trial {len(study.trials)}: the trial failed (proxy training raised "
+                                       "OOM); pick a finished trial\n")
+
+
+def test_corrupt_zoo_file_is_skipped_with_one_warning(study, study_dir: Path, tmp_path: Path):
+    zoo_dir = tmp_path / "zoo"
+    export_trial(study_dir, front_trials(study)[0].number, "ascan_test_good", zoo_dir=zoo_dir)
+    (zoo_dir / "ascan_test_corrupt.yaml").write_text("config: [unclosed\n")
+    (zoo_dir / "ascan_test_badfield.yaml").write_text("config: {layouts: [CC, CCTC, CCTT, CTTT]}\n")
+    proc = python("""
+        import timm, ascan
+        print(" ".join(timm.list_models("ascan_test*")))
+    """, zoo_dir=zoo_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["ascan_test_good"]
+    warnings = [line for line in proc.stderr.splitlines() if "ascan zoo: skipping" in line]
+    assert len(warnings) == 2
+    assert any("ascan_test_corrupt.yaml: unreadable YAML" in w for w in warnings)
+    assert any("ascan_test_badfield.yaml: ArchConfig.layouts[1]='CCTC'" in w for w in warnings)
+
+
+def test_safetensors_beside_a_zoo_file_are_its_pretrained_weights(study, study_dir: Path, tmp_path: Path):
+    from safetensors.torch import save_file
+
+    zoo_dir = tmp_path / "zoo"
+    path = export_trial(study_dir, front_trials(study)[0].number, "ascan_test_weights", zoo_dir=zoo_dir)
+    trained = timm.create_model("ascan_test_weights")
+    save_file(trained.state_dict(), path.with_suffix(".safetensors"))
+    zoo.register_zoo_file(path)  # what `import ascan` does in a new process
+    loaded = timm.create_model("ascan_test_weights", pretrained=True)
+    assert all(torch.equal(value, loaded.state_dict()[key]) for key, value in trained.state_dict().items())
+    assert not all(torch.equal(value, timm.create_model("ascan_test_weights").state_dict()[key])
+                   for key, value in trained.state_dict().items())  # a fresh build differs: weights were loaded
