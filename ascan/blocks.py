@@ -16,22 +16,133 @@ Choices where the paper is silent (ours):
   (as Swin and MaxViT), sized for the design resolution and bilinearly resized to any other
   grid, so one set of weights runs at 32 px (proxy) and 224 px (deployment). The paper's
   equation shows a GELU before the LayerNorm; we read it as a typo and leave it out.
+
+Inference fast path (ours; same weights, same MACs, same outputs within float tolerance):
+in eval mode without autograd, each conv + BatchNorm pair runs as one conv with the BN folded
+into its weights; on CPU the GELU or residual add after a conv or linear layer runs inside
+the oneDNN kernel (the fused kernels torch.compile itself emits on CPU), conv weights are
+kept in oneDNN's blocked layout, and squeeze-excite scales its input in place. Each change
+saves a pass over (or an allocation of) a large activation. Tools that watch the operators
+(fvcore's jit trace, torch.compile, FlopCounterMode) and training see the plain modules.
 """
 from __future__ import annotations
+
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, SqueezeExcite, trunc_normal_
 from timm.models.convnext import ConvNeXtBlock, Downsample
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-__all__ = ["FusedMBConv", "MBConv", "ConvNeXtC", "TransformerBlock", "RelPosBias", "StageDownsample", "make_c_block"]
+__all__ = ["FusedMBConv", "MBConv", "ConvNeXtC", "TransformerBlock", "RelPosBias", "StageDownsample", "make_c_block",
+           "DerivedTensors", "fast_inference", "conv_bn", "linear"]
+
+# oneDNN's conv/linear kernels with a fused GELU or add (what inductor emits on CPU); private
+# ops, so their absence only costs speed.
+_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise") \
+    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+# ----------------------------------------------------------------------------- inference fast path
+class DerivedTensors:
+    """Eval-time tensors computed from parameters (folded conv+BN weights, an expanded bias).
+
+    An entry is keyed by its sources' device, dtype, storage and in-place version counter, so
+    `load_state_dict`, `.to()`, an optimizer step or an EMA update made while the module stays
+    in eval mode is always seen. Copies and pickles of a module start with an empty cache.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[tuple, Any]] = {}
+
+    def get(self, name: str, sources: tuple[torch.Tensor, ...], compute: Callable[[], Any], extra: tuple = ()) -> Any:
+        """`compute()`, or its cached value while `sources` and `extra` are unchanged."""
+        if any(t.is_inference() for t in sources):
+            return compute()  # inference tensors carry no version counter: never cache them
+        key = tuple((t.device, t.dtype, t.data_ptr(), t._version) for t in sources) + extra
+        entry = self._entries.get(name)
+        if entry is None or entry[0] != key:
+            entry = self._entries[name] = (key, compute())
+        return entry[1]
+
+    def __deepcopy__(self, memo: dict) -> "DerivedTensors":
+        return DerivedTensors()
+
+    def __getstate__(self) -> dict:
+        return {"_entries": {}}
+
+
+def fast_inference(module: nn.Module) -> bool:
+    """May `module` run its fused inference path? Eval mode, no autograd, nobody watching ops."""
+    return not (module.training or torch.is_grad_enabled() or torch.jit.is_tracing()
+                or torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None)
+
+
+def _onednn_ready(x: torch.Tensor) -> bool:
+    """fp32 on CPU, outside autocast (which would run the plain conv in bf16)."""
+    return _ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    # At least in fp32 whatever the model's dtype: rsqrt(var + eps) loses too much in fp16.
+    dtype = torch.promote_types(conv.weight.dtype, torch.float32)
+    weight, bias = fuse_conv_bn_weights(*(None if t is None else t.to(dtype) for t in (
+        conv.weight, conv.bias, bn.running_mean, bn.running_var)), bn.eps, bn.weight.to(dtype), bn.bias.to(dtype))
+    return weight.detach().to(conv.weight.dtype), bias.detach().to(conv.weight.dtype)
+
+
+def conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, derived: DerivedTensors, name: str,
+            gelu: bool = False, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`gelu(bn(conv(x)))`, `bn(conv(x)) + residual` or `bn(conv(x))` at inference, as one conv.
+
+    The folded weights live in `derived` under `name`; `gelu` and `residual` are exclusive.
+    """
+    sources = tuple(t for t in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+                    if t is not None)
+    weight, bias = derived.get(name, sources, lambda: _fold(conv, bn))
+    if _onednn_ready(x) and isinstance(conv.padding, tuple):
+        args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        # The weight in oneDNN's blocked layout for this input shape, or every call reorders it.
+        weight = derived.get(f"{name}/packed", sources, extra=tuple(x.shape), compute=lambda: (
+            torch.ops.mkldnn._reorder_convolution_weight(weight, *args, list(x.shape))))
+        if residual is not None:
+            return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, weight, bias, *args, "add", None,
+                                                                  None, [], None)
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *args, "gelu" if gelu else "none", [],
+                                                       "none" if gelu else None)
+    x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    x = x if residual is None else x + residual
+    return F.gelu(x) if gelu else x
+
+
+def linear(x: torch.Tensor, fc: nn.Linear, gelu: bool = False, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`gelu(fc(x))`, `fc(x) + residual` or `fc(x)`, fused on CPU (inference only: no autograd)."""
+    if _onednn_ready(x) and x.is_contiguous():
+        if residual is not None:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, fc.weight, fc.bias, "add")
+        return torch.ops.mkldnn._linear_pointwise(x, fc.weight, fc.bias, "gelu" if gelu else "none", [],
+                                                  "none" if gelu else None)
+    x = fc(x)
+    x = x if residual is None else x + residual
+    return F.gelu(x) if gelu else x
 
 
 def _se(width: int, base_chs: int, se_ratio: float) -> nn.Module:
     if se_ratio <= 0:
         return nn.Identity()
     return SqueezeExcite(width, rd_channels=max(1, round(base_chs * se_ratio)), act_layer=nn.GELU)
+
+
+def _squeeze_excite_(x: torch.Tensor, se: nn.Module) -> torch.Tensor:
+    """timm's SEModule forward, scaling `x` in place: at inference `x` is a fresh temporary, and
+    reusing it spares allocating (and page-faulting in) the largest activation of the block."""
+    if isinstance(se, nn.Identity):
+        return x
+    gate = se.fc2(se.act(se.bn(se.fc1(x.mean((2, 3), keepdim=True)))))
+    return x.mul_(se.gate(gate))
 
 
 class FusedMBConv(nn.Module):
@@ -56,9 +167,13 @@ class FusedMBConv(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_chs)
         self.shortcut = Downsample(in_chs, out_chs, stride=stride)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self._folded = DerivedTensors()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)
+        if fast_inference(self):
+            x = _squeeze_excite_(conv_bn(x, self.conv_exp, self.bn1, self._folded, "exp", gelu=True), self.se)
+            return conv_bn(x, self.conv_pwl, self.bn2, self._folded, "pwl", residual=shortcut)
         x = self.act(self.bn1(self.conv_exp(x)))
         x = self.bn2(self.conv_pwl(self.se(x)))
         return shortcut + self.drop_path(x)
@@ -88,9 +203,14 @@ class MBConv(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_chs)
         self.shortcut = Downsample(in_chs, out_chs, stride=stride)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self._folded = DerivedTensors()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)
+        if fast_inference(self):
+            x = conv_bn(x, self.conv_pw, self.bn1, self._folded, "pw", gelu=True)
+            x = _squeeze_excite_(conv_bn(x, self.conv_dw, self.bn2, self._folded, "dw", gelu=True), self.se)
+            return conv_bn(x, self.conv_pwl, self.bn3, self._folded, "pwl", residual=shortcut)
         x = self.act(self.bn1(self.conv_pw(x)))
         x = self.act(self.bn2(self.conv_dw(x)))
         x = self.bn3(self.conv_pwl(self.se(x)))
@@ -131,8 +251,11 @@ class StageDownsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_chs, out_chs, 3, stride=2, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(out_chs)
+        self._folded = DerivedTensors()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast_inference(self):
+            return conv_bn(x, self.conv, self.bn, self._folded, "conv")
         return self.bn(self.conv(x))
 
 
@@ -141,8 +264,8 @@ class RelPosBias(nn.Module):
 
     The table holds one value per head and 2-D offset, `(heads, 2H-1, 2W-1)` for the design
     grid. At another grid size it is bilinearly resized (offsets scale with the grid), which
-    keeps one set of weights valid from a 32 px proxy to 224 px. In eval mode the expanded
-    `(heads, N, N)` bias is cached per grid size: it depends only on the weights.
+    keeps one set of weights valid from a 32 px proxy to 224 px. At inference the expanded
+    `(heads, N, N)` bias is cached per grid size and dtype: it depends only on the table.
     """
 
     def __init__(self, num_heads: int, grid_size: tuple[int, int]):
@@ -151,7 +274,7 @@ class RelPosBias(nn.Module):
         h, w = grid_size
         self.table = nn.Parameter(torch.zeros(num_heads, 2 * h - 1, 2 * w - 1))
         trunc_normal_(self.table, std=0.02)
-        self._cache: dict[tuple[int, int, torch.device, torch.dtype], torch.Tensor] = {}
+        self._expanded = DerivedTensors()
 
     @staticmethod
     def _offsets(h: int, w: int, device: torch.device) -> torch.Tensor:
@@ -169,24 +292,9 @@ class RelPosBias(nn.Module):
         return table.flatten(1)[:, index]  # (heads, N, N)
 
     def forward(self, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
-        if self.training or torch.is_grad_enabled():
+        if not fast_inference(self):
             return self._compute(h, w).to(dtype)
-        key = (h, w, self.table.device, dtype)
-        if key not in self._cache:
-            self._cache[key] = self._compute(h, w).to(dtype)
-        return self._cache[key]
-
-    def train(self, mode: bool = True) -> "RelPosBias":
-        self._cache.clear()
-        return super().train(mode)
-
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        self._cache.clear()
-        super()._load_from_state_dict(*args, **kwargs)
-
-    def _apply(self, fn, *args, **kwargs):
-        self._cache.clear()  # device or dtype moves invalidate cached tensors
-        return super()._apply(fn, *args, **kwargs)
+        return self._expanded.get(f"{h}x{w}/{dtype}", (self.table,), lambda: self._compute(h, w).to(dtype))
 
 
 class Attention(nn.Module):
@@ -199,12 +307,16 @@ class Attention(nn.Module):
         self.rel_pos = RelPosBias(self.num_heads, grid_size)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention heads' output, concatenated: everything but the output projection."""
         B, H, W, C = x.shape
         q, k, v = self.qkv(x.reshape(B, H * W, C)).reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         bias = self.rel_pos(H, W, q.dtype)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[None])
-        return self.proj(x.transpose(1, 2).reshape(B, H, W, C))
+        return x.transpose(1, 2).reshape(B, H, W, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.heads(x))
 
 
 class TransformerBlock(nn.Module):
@@ -229,4 +341,7 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm(x)
+        if fast_inference(self):  # timm's Mlp is fc1, GELU, fc2 (its dropouts and norm are identities here)
+            x = linear(self.attn.heads(y), self.attn.proj, residual=x)
+            return linear(linear(y, self.mlp.fc1, gelu=True), self.mlp.fc2, residual=x)
         return x + self.drop_path(self.attn(y) + self.mlp(y))

@@ -15,7 +15,7 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from timm.models import checkpoint_seq
 
-from .blocks import StageDownsample, TransformerBlock, make_c_block
+from .blocks import DerivedTensors, StageDownsample, TransformerBlock, conv_bn, fast_inference, make_c_block
 from .config import ArchConfig
 
 __all__ = ["AsCAN", "AsCANStage", "build_model"]
@@ -36,8 +36,12 @@ class Stem(nn.Module):
         self.conv2 = nn.Conv2d(mid_chs, out_chs, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_chs)
         self.act = nn.GELU()
+        self._folded = DerivedTensors()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast_inference(self):  # BN folded into the convs, GELU fused (see ascan.blocks)
+            x = conv_bn(x, self.conv1, self.bn1, self._folded, "conv1", gelu=True)
+            return conv_bn(x, self.conv2, self.bn2, self._folded, "conv2", gelu=True)
         x = self.act(self.bn1(self.conv1(x)))
         return self.act(self.bn2(self.conv2(x)))
 
@@ -114,6 +118,7 @@ class AsCAN(nn.Module):
         self.head_bn = nn.BatchNorm2d(cfg.head_width)
         self.head_act = nn.GELU()
         self.fc = nn.Linear(cfg.head_width, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self._folded = DerivedTensors()
         self.apply(self._init_weights)
 
     @staticmethod
@@ -152,7 +157,10 @@ class AsCAN(nn.Module):
         return self.stages(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_act(self.head_bn(self.head_proj(x)))
+        if fast_inference(self):
+            x = conv_bn(x, self.head_proj, self.head_bn, self._folded, "head", gelu=True)
+        else:
+            x = self.head_act(self.head_bn(self.head_proj(x)))
         if self.global_pool != "avg":
             return x  # unpooled map, as timm models give for global_pool=''
         x = x.mean((2, 3))

@@ -1,0 +1,176 @@
+"""The inference fast path (folded BatchNorm, fused oneDNN kernels, cached bias) computes what the
+plain modules compute, on real CIFAR-10 images, for every block kind and memory format.
+
+The reference is the same model in eval mode with autograd on: that runs the plain modules
+(conv, BatchNorm, GELU, SDPA with a freshly gathered bias), nothing cached or fused.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from ascan import ArchConfig, build_model
+from ascan.blocks import fast_inference
+from search.data import project_data_dir
+
+CIFAR = project_data_dir() / "cifar10.npz"
+MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+# Every block kind: each C block, a stage that opens with T (StageDownsample), T in three stages.
+SMALL = dict(layouts=("CC", "TT", "CCTT", "CT"), widths=(16, 32, 64, 128), stem_width=16, head_width=64, head_dim=16,
+             img_size=64, num_classes=10)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared machine every op of a small model otherwise waits for a
+    second, descheduled thread (~10 ms per op); results do not depend on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    """Eight real CIFAR-10 test images, normalised, NCHW float32 at 32 px."""
+    if not CIFAR.is_file():
+        pytest.skip(f"CIFAR-10 not at {CIFAR}")
+    with np.load(CIFAR) as data:
+        x = torch.from_numpy(data["x_test"][:8].copy()).permute(0, 3, 1, 2).float() / 255
+    return (x - MEAN[:, None, None]) / STD[:, None, None]
+
+
+def at(images: torch.Tensor, size: int, count: int) -> torch.Tensor:
+    return F.interpolate(images[:count], size=(size, size), mode="bilinear", align_corners=False)
+
+
+def trained_looking(model: nn.Module, seed: int) -> nn.Module:
+    """Random BatchNorm statistics and affine terms, so folding them is not an identity."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            n = bn.num_features
+            bn.running_mean.copy_(torch.randn(n, generator=generator) * 0.2)
+            bn.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            bn.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+            bn.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+        for name, p in model.named_parameters():
+            if name.endswith("rel_pos.table"):
+                p.copy_(torch.randn(p.shape, generator=generator))
+    return model.eval()
+
+
+def reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.enable_grad():
+        assert not fast_inference(model)
+        return model(x).detach()
+
+
+def fast(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        assert fast_inference(model)
+        return model(x)
+
+
+def assert_same(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    # fp32 summation order differs between the kernels: observed errors are ~1e-6 of the logits' range
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=2e-5 * expected.abs().max().item())
+
+
+def test_ascan_tiny_at_224px_matches_reference(images):
+    torch.manual_seed(0)
+    model = trained_looking(timm.create_model("ascan_tiny"), seed=1)
+    x = at(images, 224, 1)
+    expected = reference(model, x)
+    assert_same(fast(model, x), expected)
+    assert_same(fast(model, x), expected)  # second call: from the caches
+    model = model.to(memory_format=torch.channels_last)
+    assert_same(fast(model, x.contiguous(memory_format=torch.channels_last)), expected)
+
+
+@pytest.mark.parametrize("c_block", ["fused_mbconv", "mbconv", "convnext"])
+def test_every_block_kind_matches_reference(images, c_block):
+    torch.manual_seed(0)
+    model = trained_looking(build_model(ArchConfig(**SMALL, c_block=c_block)), seed=2)
+    for size, count in ((64, 3), (32, 1)):  # 32 px: a resized relative-position bias, batch 1
+        x = at(images, size, count)
+        expected = reference(model, x)
+        assert_same(fast(model, x), expected)
+        assert_same(fast(model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)),
+                    expected)
+        model = model.to(memory_format=torch.contiguous_format)
+
+
+def test_portable_fallback_matches_reference(images):
+    # float64 skips the oneDNN kernels (fp32 CPU only): this is the path CUDA and other dtypes take.
+    torch.manual_seed(0)
+    model = trained_looking(build_model(ArchConfig(**SMALL, c_block="mbconv")), seed=5).double()
+    x = at(images, 32, 2).double()
+    torch.testing.assert_close(fast(model, x), reference(model, x), rtol=1e-9, atol=1e-12)
+
+
+def test_caches_follow_in_place_updates_and_copies(images):
+    # An EMA update or load_state_dict changes weights in place while the model stays in eval mode.
+    torch.manual_seed(0)
+    model = trained_looking(build_model(ArchConfig(**SMALL)), seed=3)
+    x = at(images, 32, 2)
+    before = fast(model, x)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.05)
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_var.mul_(1.5)
+    after = fast(model, x)
+    assert not torch.allclose(after, before)
+    assert_same(after, reference(model, x))
+
+    other = trained_looking(build_model(ArchConfig(**SMALL)), seed=4)
+    fast(other, x)  # fill its caches, then overwrite every weight
+    other.load_state_dict(model.state_dict())
+    assert_same(fast(other, x), reference(model, x))
+    assert_same(fast(copy.deepcopy(model), x), reference(model, x))
+
+
+def test_training_still_runs_the_plain_modules(images):
+    torch.manual_seed(0)
+    model = build_model(ArchConfig(**SMALL, drop_path_rate=0.1))
+    x = at(images, 32, 2)
+    fast(model.eval(), x)  # caches exist; training must not use them
+    model.train()
+    assert not fast_inference(model)
+    loss = model(x).logsumexp(1).mean()
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.parameters())  # BatchNorm and bias tables included
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace")
+def test_counters_and_tracers_see_the_plain_modules():
+    model = build_model(ArchConfig(**SMALL)).eval()
+    with torch.inference_mode():
+        assert fast_inference(model)
+        with FlopCounterMode(display=False):
+            assert not fast_inference(model)
+    seen = []
+    probe = nn.Module().eval()
+    probe.forward = lambda x: seen.append(fast_inference(probe)) or x * 2
+    with torch.no_grad():
+        torch.jit.trace(probe, torch.ones(1), check_trace=False)
+    assert seen == [False]
+
+
+def test_fast_path_runs_no_batchnorm_and_fused_kernels():
+    model = build_model(ArchConfig(**SMALL)).eval()
+    with torch.inference_mode(), torch.profiler.profile() as prof:
+        model(torch.zeros(2, 3, 64, 64))
+    ops = {event.key for event in prof.key_averages()}
+    assert not {"aten::batch_norm", "aten::native_batch_norm"} & ops
+    if torch.backends.mkldnn.is_available():
+        assert {"mkldnn::_convolution_pointwise", "mkldnn::_linear_pointwise"} <= ops
