@@ -15,7 +15,8 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from timm.models import checkpoint_seq
 
-from .blocks import DerivedTensors, StageDownsample, TransformerBlock, conv_bn, fast_inference, make_c_block
+from .blocks import StageDownsample, TransformerBlock, make_c_block
+from .fused import DerivedTensors, conv_bn, fast_inference
 from .config import ArchConfig
 
 __all__ = ["AsCAN", "AsCANStage", "build_model"]

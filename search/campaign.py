@@ -23,7 +23,7 @@ from .proxy import preset as proxy_preset
 from .report import ReferencePoint, front_frame, front_trials, format_front, hypervolume, write_trials_csv
 from .settings import RunSettings, to_yaml
 from .space import SearchSpace, SpecError, describe, load_space
-from .study import Budget, make_sampler, open_study
+from .study import Budget, finished_trials, make_sampler, open_study
 
 
 class BadInput(ValueError):
@@ -152,7 +152,11 @@ class Campaign:
             return ""
         csv = write_trials_csv(study, self.folder / "trials.csv")
         dashboard = write_dashboard(study, self.folder / "dashboard.html", reference_point(self.space))
-        lines = [] if interrupted else ["", "Pareto front (feasible):", format_front(front_frame(study))]
+        finished = finished_trials(study)
+        reused = sum("reused_from" in t.user_attrs for t in finished)
+        lines = [] if interrupted else [
+            "", f"{len(finished)} finished trials ({reused} reused an earlier result of the same architecture)",
+            "Pareto front (feasible):", format_front(front_frame(study))]
         lines += ["", f"dashboard: {dashboard}", f"trials:    {csv}", f"storage:   {self.storage_url}",
                   f"config:    {self.folder / 'config.yaml'}"]
         text = "\n".join(lines)
@@ -167,7 +171,7 @@ class Progress:
     def __init__(self, study: optuna.Study, reference: ReferencePoint, total: int, stream=None):
         self.study, self.reference, self.total = study, reference, total
         self.stream = stream or sys.stdout
-        self.start_finished = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        self.start_finished = len(finished_trials(study))
 
     def __call__(self, status: Status) -> None:
         done_now = status.finished - self.start_finished

@@ -27,7 +27,8 @@ import plotly.io as pio
 import yaml
 from plotly.offline import get_plotlyjs
 
-from .report import ReferencePoint, front_frame, hypervolume_history, trials_frame
+from .report import (ReferencePoint, StudyFolderError, front_frame, hypervolume_history, open_study_dir,
+                     trials_frame)
 
 FAMILY_COLOURS = {"asymmetric": "#d1495b", "symmetric": "#2e86ab"}
 OTHER_COLOUR = "#7a7a7a"
@@ -38,10 +39,6 @@ PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 # What the plots read; a study made by hand may lack some (then they are blank, not errors).
 NEEDED_COLUMNS = ["accuracy", "latency_ms", "latency_p90_ms", "macs", "params", "layout", "family", "t_per_stage",
                   "arch_hash", "feasible"]
-
-
-class DashboardError(ValueError):
-    """A study folder the dashboard cannot read (one line)."""
 
 
 # ----------------------------------------------------------------- data
@@ -250,21 +247,6 @@ def write_dashboard(study: optuna.Study, path: Path, reference: ReferencePoint) 
 
 
 # ----------------------------------------------------------------- reading a study folder
-def open_study_dir(folder: Path, storage: str | None = None) -> optuna.Study:
-    """The study stored in `results/<study>/study.db` (or in `storage`, by the folder's name)."""
-    folder = Path(folder)
-    if storage is None:
-        db = folder / "study.db"
-        if not db.is_file():  # SQLite would silently create an empty database
-            raise DashboardError(f"{folder}: no study.db here (not a study folder, or give --storage)")
-        storage = f"sqlite:///{db.resolve()}"
-    names = optuna.study.get_all_study_names(storage)
-    name = names[0] if len(names) == 1 else folder.name
-    if name not in names:
-        raise DashboardError(f"{folder}: storage holds studies {names}, none named {folder.name!r}")
-    return optuna.load_study(study_name=name, storage=storage)
-
-
 def reference_for(folder: Path, study: optuna.Study, latency_ms: float | None = None) -> ReferencePoint:
     """The hypervolume reference: as given, else the study's space's `report: reference_latency_ms`
     (the space is found from `config.yaml` in the folder, else the study's `space` attribute)."""
@@ -280,7 +262,7 @@ def reference_for(folder: Path, study: optuna.Study, latency_ms: float | None = 
             return ReferencePoint(latency_ms=load_space(name).reference_latency_ms)
         except SpecError:
             continue
-    raise DashboardError(f"{folder}: cannot find this study's space for the hypervolume reference; "
+    raise StudyFolderError(f"{folder}: cannot find this study's space for the hypervolume reference; "
                          "give --reference-latency-ms")
 
 
@@ -295,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         study = open_study_dir(args.study_dir, args.storage)
         reference = reference_for(args.study_dir, study, args.reference_latency_ms)
-    except DashboardError as err:
+    except StudyFolderError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(write_dashboard(study, args.out or args.study_dir / "dashboard.html", reference))

@@ -27,8 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ascan import ArchConfig, zoo
 
-from .dashboard import DashboardError, open_study_dir
-from .report import is_feasible, objective_names
+from .report import StudyFolderError, is_feasible, objective_names, open_study_dir
 
 METRIC_KEYS = ("accuracy", "latency_ms", "latency_p90_ms", "latency_iqr_ms", "latency_samples", "macs", "params",
                "peak_memory_bytes", "images_per_sec", "proxy_wall_time_s")
@@ -115,7 +114,7 @@ def export_trial(study_dir: Path, trial_number: int, name: str, force: bool = Fa
     check_free(name, target, force)
     try:
         study = open_study_dir(Path(study_dir), storage)
-    except DashboardError as err:
+    except StudyFolderError as err:
         raise ExportError(str(err)) from None
     trial = finished_trial(study, trial_number, force)
     record = zoo_record(study, trial, name, Path(study_dir))

@@ -84,12 +84,12 @@ class ProxySettings:
         return dataclasses.asdict(self)
 
 
-# Sized on 2 idle CPU cores (AVX2, torch 2.14, channels_last) for the space's proxy of the
-# paper's C1 layout (CC-CCCT-CCTT-CTTT, widths 16-32-64-128, stem stride 1, 32 px; 21.9 M MACs
-# per image): it trains at about 650 images/s and scores at about 1,700 images/s, so `default`
-# (30k training images + 3 x 2k scored) takes about 50 s and reaches 0.51 validation accuracy;
-# `thorough` trains on 5x the images (150k). benchmarks/proxy_fidelity.py checks that both rank
-# layouts alike. Smoke is for tests only.
+# Sized on 2 CPU cores (AVX2, torch 2.14, channels_last) for the space's proxy of the paper's
+# C1 layout (CC-CCCT-CCTT-CTTT, widths 16-32-64-128, stem stride 1, 32 px, 21.9 M MACs per
+# image): it trains at about 650 images/s on idle cores and scores at about 1,700 images/s, so
+# `default` (30k training images, 3 x 2k scored) takes about a minute (103 s of CPU time) and
+# reaches 0.508 validation accuracy; `thorough` trains on 5x the images (150k).
+# benchmarks/proxy_fidelity.py compares the rankings of the two. `smoke` is for tests only.
 PRESETS: dict[str, ProxySettings] = {
     "smoke": ProxySettings(epochs=2, batch_size=64, train_size=640, val_size=200, lr=3e-3, eval_batch_size=200),
     "default": ProxySettings(epochs=3, batch_size=128, train_size=10000, val_size=2000, lr=3e-3),

@@ -20,6 +20,25 @@ OBJECTIVE_COLUMNS = {"accuracy": "accuracy", "latency": "latency_ms", "macs": "m
 FRONT_COLUMNS = ["number", "layout", "family", "accuracy", "latency_ms", "latency_p90_ms", "macs", "params"]
 
 
+class StudyFolderError(ValueError):
+    """A results folder that holds no readable study (one line)."""
+
+
+def open_study_dir(folder: Path, storage: str | None = None) -> optuna.Study:
+    """The study stored in `results/<study>/study.db` (or in `storage`, by the folder's name)."""
+    folder = Path(folder)
+    if storage is None:
+        db = folder / "study.db"
+        if not db.is_file():  # SQLite would silently create an empty database
+            raise StudyFolderError(f"{folder}: no study.db here (not a study folder, or give --storage)")
+        storage = f"sqlite:///{db.resolve()}"
+    names = optuna.study.get_all_study_names(storage)
+    name = names[0] if len(names) == 1 else folder.name
+    if name not in names:
+        raise StudyFolderError(f"{folder}: storage holds studies {names}, none named {folder.name!r}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
 @dataclass(frozen=True)
 class ReferencePoint:
     """Fixed hypervolume reference on normalised objectives: error (1 - accuracy) in [0, 1]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from ascan import ArchConfig, build_model
-from ascan.blocks import fast_inference
+from ascan.fused import fast_inference
 from search.data import project_data_dir
 
 CIFAR = project_data_dir() / "cifar10.npz"
