@@ -221,13 +221,13 @@ class Driver:
         if self.profiling is not None and self.profiling.job in done:
             plan, self.profiling = self.profiling, None
             try:
-                self._take_profile(plan, self.executor.result(plan.job))
+                self._take_profile(plan, plan.job.result())
             except (JobFailed, WorkerLost) as err:
                 self._tell_failed(plan, f"profiling failed: {err}", retry=isinstance(err, WorkerLost))
         for plan in [p for p in self.training if p.job in done]:
             self.training.remove(plan)
             try:
-                result = self.executor.result(plan.job)
+                result = plan.job.result()
             except WorkerLost as err:
                 self._tell_failed(plan, f"worker died during proxy training: {err}", retry=True)
                 continue

@@ -33,6 +33,13 @@ class Job:
     outcome: tuple[str, Any] | None = None
     submitted_at: float = field(default_factory=time.monotonic)
 
+    def result(self) -> Any:
+        """The function's return value; raises `JobFailed` or `WorkerLost` for a failed job."""
+        kind, value = self.outcome  # type: ignore[misc]
+        if kind == "error":
+            raise value
+        return value
+
 
 class InlineExecutor:
     """Runs each job in this process at submit time: for debugging and tiny studies."""
@@ -49,17 +56,11 @@ class InlineExecutor:
         try:
             job.outcome = ("ok", fn(*args))
         except Exception as err:  # the caller decides what a failed job means
-            job.outcome = ("error", JobFailed(f"{type(err).__name__}: {err}"))
+            job.outcome = ("error", JobFailed(_describe(err)))
         return job
 
     def wait(self, jobs: list[Job], timeout: float) -> list[Job]:
         return [job for job in jobs if job.outcome is not None]
-
-    def result(self, job: Job) -> Any:
-        kind, value = job.outcome  # type: ignore[misc]
-        if kind == "error":
-            raise value
-        return value
 
     def cancel(self, job: Job) -> None:
         pass
@@ -117,18 +118,10 @@ class RayExecutor:
 
         try:
             return ("ok", self._ray.get(ref))
-        except exceptions.RayTaskError as err:
-            cause = err.cause if err.cause is not None else err
-            return ("error", JobFailed(f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"))
-        except (exceptions.WorkerCrashedError, exceptions.NodeDiedError, exceptions.OutOfMemoryError,
-                exceptions.TaskCancelledError, exceptions.RayError) as err:
-            return ("error", WorkerLost(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
-
-    def result(self, job: Job) -> Any:
-        kind, value = job.outcome  # type: ignore[misc]
-        if kind == "error":
-            raise value
-        return value
+        except exceptions.RayTaskError as err:  # the function raised
+            return ("error", JobFailed(_describe(err.cause if err.cause is not None else err)))
+        except exceptions.RayError as err:  # the worker or its node died, or the task was cancelled
+            return ("error", WorkerLost(_describe(err)))
 
     def cancel(self, job: Job) -> None:
         if job.outcome is None:
@@ -137,6 +130,11 @@ class RayExecutor:
     def shutdown(self) -> None:
         if self._ray.is_initialized():
             self._ray.shutdown()
+
+
+def _describe(err: BaseException) -> str:
+    lines = str(err).splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
 def _short_path(folder: Path) -> str:

@@ -20,7 +20,7 @@ def profile_target(target: dict[str, Any], settings: dict[str, Any], cache_path:
     from .profile import LatencySettings, ProfileCache, profile_config
 
     cache = ProfileCache(cache_path) if cache_path else None
-    result = profile_config(ArchConfig.from_dict(target), LatencySettings(**settings), cache)
+    result = profile_config(ArchConfig.from_dict(target), LatencySettings.from_dict(settings), cache)
     return result.to_dict()
 
 
@@ -60,5 +60,5 @@ def cached_profile(target: ArchConfig, settings: dict[str, Any], cache_path: str
         return None
     from .profile import LatencySettings, ProfileCache, lookup_profile
 
-    hit = lookup_profile(target, LatencySettings(**settings), ProfileCache(cache_path))
+    hit = lookup_profile(target, LatencySettings.from_dict(settings), ProfileCache(cache_path))
     return None if hit is None else hit.to_dict()

@@ -37,7 +37,7 @@ import ascan
 from ascan import ArchConfig, build_model
 
 from .macs import MacCount, analytic_macs, count_macs, count_params
-from .profile_cache import ProfileCache, ProfileError, ProfileResult, one_line, stable_hash
+from .profile_cache import ProfileCache, ProfileError, ProfileResult, from_known_fields, one_line, stable_hash
 
 __all__ = [
     "LatencySettings", "LatencyResult", "measure_latency", "environment_fingerprint", "fingerprint_hash",
@@ -114,11 +114,7 @@ class LatencySettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LatencySettings":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ProfileError(f"LatencySettings.{unknown[0]}: unknown setting (known: {', '.join(sorted(known))})")
-        return cls(**data)
+        return from_known_fields(cls, data)
 
     @property
     def settings_hash(self) -> str:

@@ -47,6 +47,15 @@ def stable_hash(data: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def from_known_fields(cls: type, data: dict[str, Any]) -> Any:
+    """`cls(**data)` for a dataclass, refusing unknown keys with a one-line `ProfileError`."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ProfileError(f"{cls.__name__}.{unknown[0]}: unknown field (known: {', '.join(sorted(known))})")
+    return cls(**data)
+
+
 @dataclass(frozen=True)
 class ProfileResult:
     """What the profiler knows about one architecture under one set of measurement settings.
@@ -89,11 +98,7 @@ class ProfileResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ProfileResult":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ProfileError(f"ProfileResult.{unknown[0]}: unknown field")
-        return cls(**data)
+        return from_known_fields(cls, data)
 
 
 class ProfileCache:
