@@ -122,3 +122,15 @@ def test_help_lists_every_key(tmp_path: Path):
     assert proc.returncode == 0
     for key in ("search.n_trials", "search.sampler", "executor", "data.root", "proxy.epochs", "ray.address"):
         assert key in proc.stdout
+
+
+def test_grid_sampler_visits_every_layout_once(tiny_space: Path, tmp_path: Path):
+    # Optuna's BruteForceSampler would call study.stop() when the grid is used up, which only
+    # works inside Study.optimize; the driver caps n_trials at the grid size instead.
+    settings = parse_args([f"space={tiny_space}", "executor=inline", "search.sampler=grid", "search.n_trials=50",
+                           f"results_dir={tmp_path / 'results'}", *FAST, "proxy.epochs=1", "proxy.train_size=128",
+                           "proxy.val_size=100"])
+    campaign = Campaign.from_settings(settings)
+    campaign.run()
+    layouts = [t.user_attrs["layout"] for t in complete(campaign.study)]
+    assert sorted(layouts) == sorted(c.layout for c in campaign.space.enumerate())
