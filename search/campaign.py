@@ -73,7 +73,7 @@ class Campaign:
     def header(self) -> str:
         s = self.settings
         return (f"study {self.study_name}: space {self.space.name} ({self.space.count()} candidates), "
-                f"{s.search.n_trials} trials, sampler {s.search.sampler} (seed {s.search.seed}), "
+                f"{self.n_trials} trials, sampler {s.search.sampler} (seed {s.search.seed}), "
                 f"executor {s.executor}, data {s.data.name}, proxy preset {s.proxy.preset}\n"
                 f"storage {self.storage_url}")
 
@@ -95,9 +95,10 @@ class Campaign:
                     min_time_s=profile.min_time_s, min_iters=profile.min_iters)
 
     def budget(self) -> Budget:
+        """The command line's ceilings where given, else the space's."""
         spec, cli = self.space.budget, self.settings.budget
-        pick = lambda name: getattr(cli, name) if getattr(cli, name) is not None else getattr(spec, name, None)
-        return Budget(pick("max_latency_ms"), pick("max_macs"), pick("max_params"))
+        names = ("max_latency_ms", "max_macs", "max_params")
+        return Budget(**{n: getattr(cli, n) if getattr(cli, n) is not None else getattr(spec, n) for n in names})
 
     def make_executor(self):
         if self.settings.executor == "inline":
@@ -107,9 +108,14 @@ class Campaign:
         return RayExecutor(ray.address, ray.num_cpus, Path(self.settings.results_dir) / ".ray")
 
     # ------------------------------------------------------------------ running
+    @property
+    def n_trials(self) -> int:
+        """Finished trials wanted: a grid stops at the size of the space."""
+        s = self.settings.search
+        return min(s.n_trials, self.space.count()) if s.sampler == "grid" else s.n_trials
+
     def open_study(self) -> optuna.Study:
         s = self.settings.search
-        n_trials = min(s.n_trials, self.space.count()) if s.sampler == "grid" else s.n_trials
         parallel = self.settings.executor == "ray"
         try:
             study = open_study(self.study_name, self.storage_url, s.objectives,
@@ -121,7 +127,6 @@ class Campaign:
         if s.enqueue_references and not study.get_trials(deepcopy=False):
             for candidate in self.space.reference_candidates():
                 study.enqueue_trial(self.space.params_for(candidate), user_attrs={"reference": True})
-        self._n_trials = n_trials
         return study
 
     def run(self) -> None:
@@ -130,13 +135,13 @@ class Campaign:
         self.study = study = self.open_study()
         executor = self.make_executor()
         driver_settings = DriverSettings(
-            n_trials=self._n_trials, objectives=list(self.settings.search.objectives), budget=self.budget(),
+            n_trials=self.n_trials, objectives=list(self.settings.search.objectives), budget=self.budget(),
             data_name=self.settings.data.name, data_root=self.settings.data.root,
             proxy_settings=self.proxy_settings(), latency_settings=self.latency_settings(executor.total_cpus),
             cache_path=str(self.cache_path()), num_classes=self.num_classes, in_chans=self.in_chans,
             max_retries=self.settings.search.max_retries, trial_cpus=self.settings.ray.trial_cpus,
             trial_gpus=self._trial_gpus(executor), max_concurrent=self.settings.ray.max_concurrent)
-        progress = Progress(study, reference_point(self.space), self._n_trials)
+        progress = Progress(study, reference_point(self.space), self.n_trials)
         Driver(study, self.space, executor, driver_settings, on_status=progress).run()
 
     def _trial_gpus(self, executor) -> float:

@@ -26,7 +26,8 @@ from ascan import ArchConfig
 from . import jobs
 from .executor import Job, JobFailed, WorkerLost
 from .space import Candidate, SearchSpace
-from .study import Budget, clean_attrs, finished_trials, objective_values, quiet_heartbeats
+from .study import (Budget, clean_attrs, finished_trials, objective_values, quiet_heartbeats,
+                    release_storage_session)
 
 INTERRUPTED = "interrupted: the driver was stopped (Ctrl-C); re-run the same command to resume"
 
@@ -319,9 +320,13 @@ class Driver:
     def _interrupt(self) -> None:
         """Ctrl-C: unfinished trials end FAIL (marked interrupted) and are queued again, so the
         same command resumes them; finished trials are already safe in storage."""
+        release_storage_session(self.study)
         for plan in self._in_flight():
             if plan.job is not None:
                 self.executor.cancel(plan.job)
-            plan.trial.set_user_attr("failure_reason", INTERRUPTED)
-            self.study.tell(plan.trial, state=TrialState.FAIL)
+            try:
+                plan.trial.set_user_attr("failure_reason", INTERRUPTED)
+                self.study.tell(plan.trial, state=TrialState.FAIL)
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+                continue  # its result was stored just before the interrupt: keep it
             self.study.enqueue_trial(plan.trial.params, user_attrs={"retry_of": plan.trial.number})

@@ -37,6 +37,15 @@ class GridSampler(optuna.samplers.BruteForceSampler):
         pass
 
 
+def release_storage_session(study: optuna.Study) -> None:
+    """Close this thread's storage session. A write cut short by Ctrl-C leaves its SQLite
+    transaction open, holding the database lock against every later write of this process;
+    closing the session rolls it back. (Optuna wraps the RDB storage in a cache: unwrap it.)"""
+    storage = getattr(study._storage, "_backend", study._storage)
+    if isinstance(storage, RDBStorage):
+        storage.remove_session()
+
+
 def make_sampler(name: str, seed: int, parallel: bool) -> optuna.samplers.BaseSampler:
     """A sampler by name, always seeded. TPE uses the constant liar when trials overlap."""
     if name == "tpe":
