@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,8 @@ from .proxy import preset as proxy_preset
 from .report import ReferencePoint, front_frame, front_trials, format_front, hypervolume, write_trials_csv
 from .settings import RunSettings, to_yaml
 from .space import SearchSpace, SpecError, describe, load_space
-from .study import Budget, finished_trials, make_sampler, open_study
+from .spec import Budget
+from .study import finished_trials, make_sampler, open_study
 
 
 class BadInput(ValueError):
@@ -96,9 +96,8 @@ class Campaign:
 
     def budget(self) -> Budget:
         """The command line's ceilings where given, else the space's."""
-        spec, cli = self.space.budget, self.settings.budget
-        names = ("max_latency_ms", "max_macs", "max_params")
-        return Budget(**{n: getattr(cli, n) if getattr(cli, n) is not None else getattr(spec, n) for n in names})
+        given = {k: v for k, v in dataclasses.asdict(self.settings.budget).items() if v is not None}
+        return dataclasses.replace(self.space.budget, **given)
 
     def make_executor(self):
         if self.settings.executor == "inline":

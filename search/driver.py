@@ -26,7 +26,8 @@ from ascan import ArchConfig
 from . import jobs
 from .executor import Job, JobFailed, WorkerLost
 from .space import Candidate, SearchSpace
-from .study import (Budget, clean_attrs, finished_trials, objective_values, quiet_heartbeats,
+from .spec import Budget
+from .study import (clean_attrs, finished_trials, objective_values, quiet_heartbeats,
                     release_storage_session)
 
 INTERRUPTED = "interrupted: the driver was stopped (Ctrl-C); re-run the same command to resume"
@@ -70,7 +71,6 @@ class Status:
     finished: int
     total: int
     running: int
-    failed: int
     elapsed_s: float
     event: str = ""
 
@@ -126,7 +126,7 @@ class Driver:
         return self._finished() + len(self._in_flight()) < self.settings.n_trials
 
     def _status(self, event: str) -> None:
-        self.on_status(Status(self._finished(), self.settings.n_trials, len(self.training), self.failed_this_run,
+        self.on_status(Status(self._finished(), self.settings.n_trials, len(self.training),
                               time.monotonic() - self.started, event))
 
     # ------------------------------------------------------------------ tiers 1-3: ask

@@ -10,8 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,7 +30,6 @@ class Job:
     name: str
     handle: Any = None
     outcome: tuple[str, Any] | None = None
-    submitted_at: float = field(default_factory=time.monotonic)
 
     def result(self) -> Any:
         """The function's return value; raises `JobFailed` or `WorkerLost` for a failed job."""

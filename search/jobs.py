@@ -47,10 +47,10 @@ def cheap_metrics(target: ArchConfig) -> dict[str, float]:
 
     from ascan import build_model
 
-    from .macs import analytic_macs
+    from .macs import analytic_macs, count_params
 
     with torch.device("meta"):
-        params = sum(p.numel() for p in build_model(target).parameters())
+        params = count_params(build_model(target))
     return {"params": float(params), "macs": float(analytic_macs(target))}
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import optuna
@@ -86,22 +85,6 @@ def _open_study(study_name: str, storage_url: str, objectives: list[str], sample
         raise ValueError(f"search.objectives={objectives}: study {study_name!r} was created with other objectives; "
                          "pick another search.study_name")
     return study
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Ceilings on target cost; a trial above any of them is infeasible and not trained."""
-
-    max_latency_ms: float | None = None
-    max_macs: float | None = None
-    max_params: float | None = None
-
-    def keys(self) -> list[str]:
-        return [k for k in ("latency_ms", "macs", "params") if getattr(self, f"max_{k}") is not None]
-
-    def violations(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Relative excess per ceiling (> 0 means over budget) for the metrics known so far."""
-        return {key: metrics[key] / getattr(self, f"max_{key}") - 1.0 for key in self.keys() if key in metrics}
 
 
 def objective_values(objectives: list[str], accuracy: float, metrics: dict[str, float]) -> list[float]:
