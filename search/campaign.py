@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import optuna
 
@@ -18,7 +21,10 @@ from .dashboard import write_dashboard
 from .data import DataError, load_dataset
 from .driver import Driver, DriverSettings, Status
 from .executor import InlineExecutor, RayExecutor
+from .lock import StudyLock, StudyLocked
 from .proxy import preset as proxy_preset
+from .record import REUSED, TrialRecord
+from .refine import RefineSettings, Refiner
 from .report import ReferencePoint, front_frame, front_trials, format_front, hypervolume, write_trials_csv
 from .settings import RunSettings, to_yaml
 from .space import SearchSpace, SpecError, describe, load_space
@@ -62,7 +68,6 @@ class Campaign:
             raise BadInput(str(err)) from None
         name = study_name_for(space, settings)
         folder = Path(settings.results_dir) / name
-        folder.mkdir(parents=True, exist_ok=True)
         storage = settings.search.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
         return cls(settings, space, name, folder, storage, dataset.num_classes, dataset.in_chans)
 
@@ -117,11 +122,14 @@ class Campaign:
         s = self.settings.search
         parallel = self.settings.executor == "ray"
         try:
-            study = open_study(self.study_name, self.storage_url, s.objectives,
-                               make_sampler(s.sampler, s.seed, parallel), s.max_retries)
+            study, self.storage = open_study(self.study_name, self.storage_url, s.objectives,
+                                             make_sampler(s.sampler, s.seed, parallel), s.max_retries)
         except ValueError as err:
             raise BadInput(str(err)) from None
-        study.set_user_attr("objectives", list(s.objectives))
+        recorded = study.user_attrs.get("space")
+        if recorded not in (None, self.space.name):
+            raise BadInput(f"space={self.space.name}: study {self.study_name!r} was made with space {recorded!r}; "
+                           "pick another search.study_name")
         study.set_user_attr("space", self.space.name)
         if s.enqueue_references and not study.get_trials(deepcopy=False):
             for candidate in self.space.reference_candidates():
@@ -129,19 +137,55 @@ class Campaign:
         return study
 
     def run(self) -> None:
+        """Run the search. Nothing is written before the cluster answers; the study folder's
+        lock keeps a second driver out; SIGTERM stops the run as Ctrl-C does."""
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        (self.folder / "config.yaml").write_text(to_yaml(self.settings))
-        self.study = study = self.open_study()
         executor = self.make_executor()
-        driver_settings = DriverSettings(
-            n_trials=self.n_trials, objectives=list(self.settings.search.objectives), budget=self.budget(),
-            data_name=self.settings.data.name, data_root=self.settings.data.root,
-            proxy_settings=self.proxy_settings(), latency_settings=self.latency_settings(executor.total_cpus),
-            cache_path=str(self.cache_path()), num_classes=self.num_classes, in_chans=self.in_chans,
-            max_retries=self.settings.search.max_retries, trial_cpus=self.settings.ray.trial_cpus,
-            trial_gpus=self._trial_gpus(executor), max_concurrent=self.settings.ray.max_concurrent)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with StudyLock(self.folder), sigterm_as_interrupt():
+                self.study = self.open_study()
+                (self.folder / "config.yaml").write_text(to_yaml(self.settings))
+                self._drive(self.study, executor)
+        except StudyLocked as err:
+            raise BadInput(str(err)) from None
+        finally:
+            executor.shutdown()
+
+    def driver_settings(self, executor) -> DriverSettings:
+        s = self.settings
+        return DriverSettings(
+            n_trials=self.n_trials, objectives=list(s.search.objectives), budget=self.budget(),
+            data_name=s.data.name, data_root=s.data.root, proxy_settings=self.proxy_settings(),
+            latency_settings=self.latency_settings(executor.total_cpus), cache_path=str(self.cache_path()),
+            num_classes=self.num_classes, in_chans=self.in_chans, max_retries=s.search.max_retries,
+            trial_cpus=s.ray.trial_cpus, trial_gpus=self._trial_gpus(executor), max_concurrent=s.ray.max_concurrent)
+
+    def _drive(self, study: optuna.Study, executor) -> None:
+        settings = self.driver_settings(executor)
         progress = Progress(study, reference_point(self.space), self.n_trials)
-        Driver(study, self.space, executor, driver_settings, on_status=progress).run()
+        driver = Driver(study, self.storage, self.space, executor, settings, on_status=progress, sole_driver=True)
+        driver.run()
+        self.refine(study, executor, driver.scheduler.capacity, settings)
+
+    @staticmethod
+    def train_args(driver: DriverSettings) -> Callable[[optuna.trial.FrozenTrial, int], tuple]:
+        """The arguments of `jobs.train_candidate` for one more replicate of a trial."""
+        def args(trial: optuna.trial.FrozenTrial, seed: int) -> tuple:
+            return (TrialRecord.load(trial).proxy_config, driver.data_name, driver.data_root,
+                    {**driver.proxy_settings, "seed": seed})
+
+        return args
+
+    def refine(self, study: optuna.Study, executor, capacity: int, driver: DriverSettings) -> int:
+        """Extra replicates where the front is in doubt (see `search.refine`)."""
+        r = self.settings.refine
+        settings = RefineSettings(trainings=r.trainings, max_replicates=r.max_replicates, margin_se=r.margin_se)
+        refiner = Refiner(study, executor, settings, capacity, self.train_args(driver), driver.trial_cpus,
+                          driver.trial_gpus, on_event=lambda event: print(f"[refine] {event}", flush=True))
+        if refiner.budget_left() > 0 and refiner.next_round():
+            print(f"refining: up to {refiner.budget_left()} extra trainings where the front is in doubt", flush=True)
+        return refiner.run()
 
     def _trial_gpus(self, executor) -> float:
         wanted = self.settings.ray.trial_gpus
@@ -157,7 +201,7 @@ class Campaign:
         csv = write_trials_csv(study, self.folder / "trials.csv")
         dashboard = write_dashboard(study, self.folder / "dashboard.html", reference_point(self.space))
         finished = finished_trials(study)
-        reused = sum("reused_from" in t.user_attrs for t in finished)
+        reused = sum(TrialRecord.load(t).status == REUSED for t in finished)
         lines = [] if interrupted else [
             "", f"{len(finished)} finished trials ({reused} reused an earlier result of the same architecture)",
             "Pareto front (feasible):", format_front(front_frame(study))]
@@ -167,6 +211,24 @@ class Campaign:
         if interrupted:
             print(text, file=sys.stderr)
         return text
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (sent by `kill`, `timeout` and job schedulers) stops the search like Ctrl-C:
+    unfinished trials are marked interrupted and queued again, finished ones are kept."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class Progress:

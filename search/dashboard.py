@@ -27,8 +27,9 @@ import plotly.io as pio
 import yaml
 from plotly.offline import get_plotlyjs
 
-from .report import (ReferencePoint, StudyFolderError, front_frame, hypervolume_history, open_study_dir,
-                     trials_frame)
+from .objectives import OBJECTIVES, Objective
+from .report import (ReferencePoint, StudyFolderError, front_frame, hypervolume_history, objective_names,
+                     open_study_dir, trials_frame)
 
 FAMILY_COLOURS = {"asymmetric": "#d1495b", "symmetric": "#2e86ab"}
 OTHER_COLOUR = "#7a7a7a"
@@ -36,6 +37,7 @@ MUTED_GREY = "#b0b0b0"
 GROUPS = ("front", "dominated", "infeasible", "not timed")
 PLOT_IDS = ("pareto", "hypervolume", "macs-latency", "t-placement")
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+P90 = Objective("latency_p90", "minimize", "latency_p90_ms", "p90 (ms)")  # a column, not an objective
 # What the plots read; a study made by hand may lack some (then they are blank, not errors).
 NEEDED_COLUMNS = ["accuracy", "latency_ms", "latency_p90_ms", "macs", "params", "layout", "family", "t_per_stage",
                   "arch_hash", "feasible"]
@@ -56,6 +58,9 @@ def finished_frame(study: optuna.Study) -> pd.DataFrame:
         "front" if number in on_front else "not timed" if not math.isfinite(latency)
         else "infeasible" if feasible is False else "dominated"
         for number, latency, feasible in zip(frame["number"], frame["latency_ms"], frame["feasible"])]
+    # Never trained, so no accuracy: drawn at 0, the value the sampler was told.
+    untrained = frame["group"].isin(["infeasible", "not timed"])
+    frame.loc[untrained, "accuracy"] = frame.loc[untrained, "accuracy"].fillna(0.0)
     frame["hover"] = [_hover(row) for row in frame.to_dict("records")]
     return frame
 
@@ -170,23 +175,22 @@ def t_placement_figure(frame: pd.DataFrame) -> go.Figure:
 
 
 # ----------------------------------------------------------------- page
-def front_table(front: pd.DataFrame, export_hint: str) -> str:
-    """The front as an HTML table: sortable by any column, layouts and export commands copyable."""
+def front_table(front: pd.DataFrame, objectives: list[str], export_hint: str) -> str:
+    """The front as an HTML table: sortable by any column, layouts and export commands copyable.
+    One column per objective of the study (formatted by `search.objectives`), then the costs
+    that are not objectives."""
     if front.empty:
         return "<p>No feasible finished trial yet: the front is empty.</p>"
-    columns = ["trial", "layout", "family", "accuracy", "latency ms", "p90 ms", "MACs (M)", "params (M)",
-               "T per stage", "export"]
-    head = "".join(f'<th data-col="{i}">{c}</th>' for i, c in enumerate(columns))
+    shown = [OBJECTIVES[name] for name in objectives]
+    shown += [o for o in (P90, OBJECTIVES["macs"], OBJECTIVES["params"]) if o not in shown]
+    columns = ["trial", "layout", "family", *(o.label for o in shown), "T per stage", "export"]
+    head = "".join(f'<th data-col="{i}">{html.escape(c)}</th>' for i, c in enumerate(columns))
     rows = []
     for row in front.to_dict("records"):
         command = export_hint.format(trial=row["number"])
         cells = [(row["number"], str(row["number"])), (row["layout"], _copyable(row["layout"])),
                  (row["family"], html.escape(str(row["family"]))),
-                 (row["accuracy"], _number(row["accuracy"], fmt="{:.4f}")),
-                 (row["latency_ms"], _number(row["latency_ms"], fmt="{:.3f}")),
-                 (row["latency_p90_ms"], _number(row["latency_p90_ms"], fmt="{:.3f}")),
-                 (row["macs"], _number(row["macs"], 1e6, "{:.1f}")),
-                 (row["params"], _number(row["params"], 1e6, "{:.3f}")),
+                 *((row.get(o.field), o.format(row.get(o.field))) for o in shown),
                  (row["t_per_stage"], html.escape(str(row["t_per_stage"]))), (command, _copyable(command))]
         rows.append("<tr>" + "".join(f'<td data-value="{html.escape(str(v))}">{shown}</td>' for v, shown in cells)
                     + "</tr>")
@@ -233,7 +237,8 @@ def render_dashboard(study: optuna.Study, reference: ReferencePoint, study_dir: 
         title=html.escape(f"AsCAN search: {study.study_name}"), plotlyjs=get_plotlyjs(), n_plots=len(figures),
         finished=len(frame), summary=_summary(study, frame, history, reference),
         plots=plots or "<p>No finished trial yet.</p>",
-        table=front_table(frame.loc[list(front_frame(study)["number"])] if len(frame) else frame, hint))
+        table=front_table(frame.loc[list(front_frame(study)["number"])] if len(frame) else frame,
+                          objective_names(study), hint))
 
 
 def write_dashboard(study: optuna.Study, path: Path, reference: ReferencePoint) -> Path:

@@ -1,36 +1,58 @@
 """The ask/tell driver: asks Optuna for trials, runs them cheap-first, tells the results.
 
-A trial goes through tiers, stopping at the first that decides it:
-1. sample a candidate; an architecture already finished is reused, not retrained;
-2. params and MACs (analytic, instant) against the budget;
-3. latency from the profile cache, or measured with the whole device reserved;
-4. latency against the budget; an over-budget trial is recorded infeasible, not trained;
-5. proxy training on a worker -> accuracy.
+Each trial in flight is a `Plan` with an explicit `Stage`:
 
-Only this process writes to the study, so SQLite storage is safe. Profiling is exclusive:
-while a profiling job waits or runs, no training is started, and the job itself asks for
-every CPU and GPU of the cluster, so it starts only once running trainings have finished.
-To pay that drain rarely, the driver asks a few trials ahead and profiles them together.
+    ASKED ──► CHECKED ──► PROFILING ──► PROFILED ──► TRAINING ──► TOLD
+      │  (params, MACs    (latency,      (waits for a     (proxy
+      │   within budget)   exclusive)     training slot)   accuracy)
+      ├──► TWIN: the same architecture is in flight; waits for it, then reuses its result
+      └──► INFEASIBLE (over budget: never trained) / FAILED (from any stage with a job)
+
+A cached latency skips CHECKED → PROFILED directly; an architecture that already finished is
+reused at once. Three small objects share the work: `Scheduler` decides what starts when
+(the exclusive profiling window), `Recorder` does every write to the study (values,
+constraints, the trial record, retries, heartbeats), and `Driver` moves plans between
+stages. Only this process writes to the study, so SQLite storage is safe.
 """
 from __future__ import annotations
 
+import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Callable
 
 import optuna
-from optuna.trial import TrialState
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
 
 from ascan import ArchConfig
 
 from . import jobs
-from .executor import Job, JobFailed, WorkerLost
+from .executor import Executor, Job, JobFailed, WorkerLost
+from .record import FAILED, INFEASIBLE, INTERRUPTED, REUSED, TRAINED, TrialRecord
 from .space import Candidate, SearchSpace
 from .spec import Budget
-from .study import (clean_attrs, finished_trials, objective_values, quiet_heartbeats,
-                    release_storage_session)
+from .study import fail_orphan, finished_trials, quiet_heartbeats, record_heartbeat, release_storage_session
 
-INTERRUPTED = "interrupted: the driver was stopped (Ctrl-C); re-run the same command to resume"
+INTERRUPTED_REASON = "interrupted: the driver was stopped (Ctrl-C); re-run the same command to resume"
+ORPHAN_REASON = "orphaned: its driver died before the trial finished; queued again"
+
+
+class Stage(Enum):
+    ASKED = "asked"
+    CHECKED = "cheap-checked"  # within the params/MACs budget; waits for a latency
+    PROFILING = "profiling"
+    PROFILED = "profiled"  # within the whole budget; waits for a training slot
+    TRAINING = "training"
+    TWIN = "twin"  # the same architecture is in flight: wait for its result
+    TOLD = "told"
+    INFEASIBLE = "infeasible"
+    FAILED = "failed"
+
+    @property
+    def done(self) -> bool:
+        return self in (Stage.TOLD, Stage.INFEASIBLE, Stage.FAILED)
 
 
 @dataclass
@@ -54,16 +76,21 @@ class DriverSettings:
 
 @dataclass(eq=False)
 class Plan:
-    """A trial in flight and everything known about it so far."""
+    """A trial in flight: its candidate, its networks, its record so far, and its stage."""
 
     trial: optuna.Trial
     candidate: Candidate
     target: ArchConfig
     proxy: ArchConfig
-    attrs: dict[str, Any]
-    metrics: dict[str, float] = field(default_factory=dict)
+    record: TrialRecord
+    stage: Stage = Stage.ASKED
     job: Job | None = None
     twin_of: "Plan | None" = None
+    since: int = 0  # when it entered its stage (a counter): queues are first come, first served
+
+    @property
+    def label(self) -> str:
+        return f"trial {self.trial.number} {self.candidate.layout}"
 
 
 @dataclass
@@ -75,21 +102,116 @@ class Status:
     event: str = ""
 
 
-class Driver:
-    def __init__(self, study: optuna.Study, space: SearchSpace, executor: Any, settings: DriverSettings,
-                 on_status: Callable[[Status], None] | None = None):
-        self.study, self.space, self.executor, self.settings = study, space, executor, settings
-        self.on_status = on_status or (lambda status: None)
-        self.capacity = settings.max_concurrent or executor.capacity(settings.trial_cpus, settings.trial_gpus)
-        self.to_profile: list[Plan] = []
-        self.profiling: Plan | None = None
-        self.ready: list[Plan] = []
-        self.training: list[Plan] = []
-        self.twins: list[Plan] = []
+class Scheduler:
+    """What starts when: trainings up to capacity, except while a profiling window is open.
+
+    Latency must be measured with the device to itself. A window opens when no training is
+    ready to start and candidates wait for a latency; it stays open (no training starts)
+    until all of them are measured, one exclusive job at a time. Asking a few trials ahead
+    lets one window serve several candidates, so the drain before it is paid rarely.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
         self.window_open = False
+
+    def next(self, plans: list[Plan]) -> tuple[list[Plan], Plan | None]:
+        """The plans to start training now, and the plan to start profiling (or None)."""
+        waiting = sorted((p for p in plans if p.stage is Stage.CHECKED), key=lambda p: p.since)
+        profiling = any(p.stage is Stage.PROFILING for p in plans)
+        ready = sorted((p for p in plans if p.stage is Stage.PROFILED), key=lambda p: p.since)
+        training = sum(p.stage is Stage.TRAINING for p in plans)
+        if self.window_open and not waiting and not profiling:
+            self.window_open = False
+        to_train: list[Plan] = []
+        if not self.window_open:
+            to_train = ready[: max(0, self.capacity - training)]
+            self.window_open = bool(waiting) and len(to_train) == len(ready)
+        to_profile = waiting[0] if self.window_open and waiting and not profiling else None
+        return to_train, to_profile
+
+
+class Recorder:
+    """Every write to the study: the record, values and constraints, failures and retries,
+    heartbeats. Nothing else in the driver touches Optuna's storage."""
+
+    def __init__(self, study: optuna.Study, storage: RDBStorage, objectives: list[str], budget: Budget,
+                 max_retries: int):
+        self.study, self.storage, self.objectives, self.budget = study, storage, objectives, budget
+        self.max_retries = max_retries
+
+    def heartbeat(self, plans: list[Plan]) -> None:
+        for plan in plans:
+            record_heartbeat(self.storage, plan.trial)
+
+    def tell(self, plan: Plan) -> FrozenTrial:
+        """Store the record, constraints (budget judged now) and values of a finished trial."""
+        violations = self.budget.violations(plan.record.metrics())
+        for key in self.budget.keys():
+            plan.trial.set_constraint(key, violations.get(key, -1.0))
+        plan.record.save(plan.trial)
+        return self.study.tell(plan.trial, plan.record.values(self.objectives))
+
+    def fail(self, plan: Plan, reason: str, retry: bool, status: str = FAILED) -> bool:
+        """End the trial FAIL with its reason; queue the same params again if `retry` and the
+        retry allowance is left. Returns whether a retry was queued."""
+        plan.record.update(failure_reason=reason, status=status)
+        plan.record.save(plan.trial)
+        self.study.tell(plan.trial, state=TrialState.FAIL)
+        retries = plan.record.retry_count
+        retry = retry and retries < self.max_retries
+        if retry:
+            self.study.enqueue_trial(plan.trial.params, user_attrs={"retry_of": plan.trial.number,
+                                                                    "retry_count": retries + 1})
+        return retry
+
+    def fail_orphans(self) -> int:
+        """Trials left RUNNING by a driver that is known to be dead end FAIL and are queued
+        again (as after Ctrl-C: not the trial's fault, so no retry is spent)."""
+        orphans = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        for trial in orphans:
+            record = TrialRecord.load(trial)
+            fail_orphan(self.storage, trial, {"failure_reason": ORPHAN_REASON, "status": INTERRUPTED})
+            self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number,
+                                                               "retry_count": record.retry_count})
+        return len(orphans)
+
+    def interrupt(self, plan: Plan) -> None:
+        """Ctrl-C: end an unfinished trial FAIL and queue it again, so the same command resumes
+        it. One whose result was stored just before the interrupt is kept."""
+        try:
+            plan.record.update(failure_reason=INTERRUPTED_REASON, status=INTERRUPTED)
+            plan.record.save(plan.trial)
+            self.study.tell(plan.trial, state=TrialState.FAIL)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            return
+        self.study.enqueue_trial(plan.trial.params, user_attrs={"retry_of": plan.trial.number,
+                                                                "retry_count": plan.record.retry_count})
+
+
+class Driver:
+    def __init__(self, study: optuna.Study, storage: RDBStorage, space: SearchSpace, executor: Executor,
+                 settings: DriverSettings, on_status: Callable[[Status], None] | None = None,
+                 sole_driver: bool = False):
+        """`sole_driver`: the caller holds the study's lock (`search.lock`), so a RUNNING trial
+        found at the start belongs to a dead driver and is retried at once, not after the
+        heartbeat grace period."""
+        self.study, self.space, self.executor, self.settings = study, space, executor, settings
+        self.sole_driver = sole_driver
+        self.on_status = on_status or (lambda status: None)
+        capacity = settings.max_concurrent or executor.capacity(settings.trial_cpus, settings.trial_gpus)
+        self.scheduler = Scheduler(capacity)
+        self.recorder = Recorder(study, storage, settings.objectives, settings.budget, settings.max_retries)
+        self.storage = storage
+        self.plans: list[Plan] = []  # in flight: every stage but the final ones
         self.failed_this_run = 0
+        self.clock = itertools.count()
         self.started = time.monotonic()
-        self.by_arch = {t.user_attrs.get("arch_hash"): t for t in finished_trials(study)}
+        self.by_arch = {t.user_attrs.get("arch_hash"): t for t in finished_trials(study)
+                        if TrialRecord.load(t).trained}
+        # Stages that run a job: what the job is called in messages, and what takes its result.
+        self.on_done = {Stage.PROFILING: ("profiling", self._profiled),
+                        Stage.TRAINING: ("proxy training", self._trained)}
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> None:
@@ -97,48 +219,54 @@ class Driver:
             self._run()
 
     def _run(self) -> None:
-        optuna.storages.fail_stale_trials(self.study)
+        if self.sole_driver:
+            if orphans := self.recorder.fail_orphans():
+                self._status(f"{orphans} trials left running by a dead driver were queued again")
+        else:
+            optuna.storages.fail_stale_trials(self.study)
         try:
-            while self._want_more() or self._in_flight():
+            while self._want_more() or self.plans:
                 self._ask_ahead()
-                self._schedule()
+                self._start()
                 self._collect(timeout=1.0)
-                self._heartbeat()
+                self.recorder.heartbeat(self.plans)
             if self._finished() < self.settings.n_trials:
                 self._status(f"stopped: {self.failed_this_run} trials failed in this run (see failure_reason)")
         except KeyboardInterrupt:
             self._interrupt()
             raise
-        finally:
-            self.executor.shutdown()
 
     def _finished(self) -> int:
         return len(finished_trials(self.study))
-
-    def _in_flight(self) -> list[Plan]:
-        current = [self.profiling] if self.profiling else []
-        return self.to_profile + current + self.ready + self.training + self.twins
 
     def _want_more(self) -> bool:
         limit = self.settings.max_failures or max(10, 2 * self.settings.n_trials)
         if self.failed_this_run >= limit:
             return False
-        return self._finished() + len(self._in_flight()) < self.settings.n_trials
+        return self._finished() + len(self.plans) < self.settings.n_trials
 
     def _status(self, event: str) -> None:
-        self.on_status(Status(self._finished(), self.settings.n_trials, len(self.training),
+        training = sum(p.stage is Stage.TRAINING for p in self.plans)
+        self.on_status(Status(self._finished(), self.settings.n_trials, training,
                               time.monotonic() - self.started, event))
 
-    # ------------------------------------------------------------------ tiers 1-3: ask
+    def _move(self, plan: Plan, stage: Stage) -> None:
+        plan.stage, plan.since = stage, next(self.clock)
+        if stage.done:
+            self.plans.remove(plan)
+
+    # ------------------------------------------------------------------ asking and routing
     def _ask_ahead(self) -> None:
-        while self._want_more() and len(self._in_flight()) < 2 * self.capacity:
+        while self._want_more() and len(self.plans) < 2 * self.scheduler.capacity:
             trial = self.study.ask()
+            record_heartbeat(self.storage, trial)  # from now on a dead driver's trial goes stale
             try:
                 plan = self._plan(trial)
             except optuna.TrialPruned as reason:  # a sample in a hole of the space's ranges
                 self.study.tell(trial, state=TrialState.PRUNED)
                 self._status(f"trial {trial.number}: pruned ({reason})")
                 continue
+            self.plans.append(plan)
             self._route(plan)
 
     def _plan(self, trial: optuna.Trial) -> Plan:
@@ -147,186 +275,140 @@ class Driver:
         proxy = self.space.proxy_config(candidate, num_classes=self.settings.num_classes)
         if proxy.in_chans != self.settings.in_chans:
             proxy = proxy.replace(in_chans=self.settings.in_chans)
-        attrs = {
-            "layout": candidate.layout, "family": self.space.family(candidate), "arch_hash": target.arch_hash,
-            "target_name": target.short_name(), "proxy_name": proxy.short_name(), "c_block": target.c_block,
-            "t_per_stage": "-".join(str(t) for t in target.t_counts),
-            "target_config": target.to_dict(), "proxy_config": proxy.to_dict(),
-        }
-        return Plan(trial, candidate, target, proxy, attrs)
+        record = TrialRecord.load(trial)  # what was enqueued with it: reference, retry_of
+        record.update(
+            layout=candidate.layout, family=self.space.family(candidate), arch_hash=target.arch_hash,
+            target_name=target.short_name(), proxy_name=proxy.short_name(), c_block=target.c_block,
+            t_per_stage="-".join(str(t) for t in target.t_counts),
+            target_config=target.to_dict(), proxy_config=proxy.to_dict())
+        return Plan(trial, candidate, target, proxy, record)
 
     def _route(self, plan: Plan) -> None:
-        twin = self.by_arch.get(plan.attrs["arch_hash"])
+        """ASKED: reuse a finished twin, wait for one in flight, or check the cheap budget and
+        look for a cached latency."""
+        twin = self.by_arch.get(plan.record.arch_hash)
         if twin is not None:
             self._reuse(plan, twin)
             return
-        running_twin = next((p for p in self._in_flight() if p.attrs["arch_hash"] == plan.attrs["arch_hash"]), None)
-        if running_twin is not None:
-            plan.twin_of = running_twin
-            self.twins.append(plan)
+        running = next((p for p in self.plans if p is not plan and p.stage is not Stage.TWIN
+                        and p.record.arch_hash == plan.record.arch_hash), None)
+        if running is not None:
+            plan.twin_of = running
+            self._move(plan, Stage.TWIN)
             return
-        plan.metrics.update(jobs.cheap_metrics(plan.target))
+        plan.record.update(**jobs.cheap_metrics(plan.target))
         if self._over_budget(plan):
             return
         cached = jobs.cached_profile(plan.target, self.settings.latency_settings, self.settings.cache_path)
-        if cached is not None:
-            self._take_profile(plan, cached)
+        if cached is None:
+            self._move(plan, Stage.CHECKED)
         else:
-            self.to_profile.append(plan)
+            self._take_profile(plan, cached)
 
     def _over_budget(self, plan: Plan) -> bool:
-        over = {k: v for k, v in self.settings.budget.violations(plan.metrics).items() if v > 0}
+        over = {k: v for k, v in self.settings.budget.violations(plan.record.metrics()).items() if v > 0}
         if over:
-            self._tell_infeasible(plan, over)
+            reason = ", ".join(f"{k} {v:+.0%} over budget" for k, v in over.items())
+            plan.record.update(trained=False, infeasible_reason=reason, status=INFEASIBLE)
+            self.recorder.tell(plan)
+            self._move(plan, Stage.INFEASIBLE)
+            self._status(f"{plan.label}: infeasible, not trained ({reason})")
+            self._release_twins(plan, None)
         return bool(over)
 
     def _take_profile(self, plan: Plan, profile: dict[str, Any]) -> None:
-        plan.metrics.update(params=profile["params"], macs=profile["macs"], latency_ms=profile["median_ms"])
-        plan.attrs.update(latency_p90_ms=profile["p90_ms"], latency_iqr_ms=profile["iqr_ms"],
-                          latency_samples=profile["n_samples"], peak_memory_bytes=profile.get("peak_memory_bytes"),
-                          profile_fingerprint=profile.get("fingerprint"), profile_settings=profile.get("settings"))
+        plan.record.update(
+            params=profile["params"], macs=profile["macs"], latency_ms=profile["median_ms"],
+            latency_p90_ms=profile["p90_ms"], latency_iqr_ms=profile["iqr_ms"], latency_samples=profile["n_samples"],
+            peak_memory_bytes=profile.get("peak_memory_bytes"), profile_fingerprint=profile.get("fingerprint"),
+            profile_settings=profile.get("settings"))
         if not self._over_budget(plan):
-            self.ready.append(plan)
+            self._move(plan, Stage.PROFILED)
 
-    # ------------------------------------------------------------------ scheduling
-    def _schedule(self) -> None:
-        """Start trainings, or hold them while a profiling window is open.
-
-        A window opens when training has nothing ready to start and candidates wait for a
-        latency; it stays open until all of them are measured, one exclusive job at a time.
-        """
-        if self.window_open and not self.to_profile and self.profiling is None:
-            self.window_open = False
-        if not self.window_open:
-            while len(self.training) < self.capacity and self.ready:
-                self._start_training(self.ready.pop(0))
-            self.window_open = bool(self.to_profile) and not self.ready
-        if self.window_open and self.profiling is None and self.to_profile:
-            plan = self.profiling = self.to_profile.pop(0)
+    # ------------------------------------------------------------------ starting jobs
+    def _start(self) -> None:
+        to_train, to_profile = self.scheduler.next(self.plans)
+        for plan in to_train:
             plan.job = self.executor.submit(
-                jobs.profile_target, plan.target.to_dict(), self.settings.latency_settings,
-                self.settings.cache_path, name=f"profile_trial_{plan.trial.number}",
-                num_cpus=self.executor.total_cpus, num_gpus=self.executor.total_gpus)
+                jobs.train_candidate, plan.proxy.to_dict(), self.settings.data_name, self.settings.data_root,
+                self.settings.proxy_settings, name=f"train_trial_{plan.trial.number}",
+                num_cpus=self.settings.trial_cpus, num_gpus=self.settings.trial_gpus)
+            self._move(plan, Stage.TRAINING)
+        if to_profile is not None:
+            to_profile.job = self.executor.submit_exclusive(
+                jobs.profile_target, to_profile.target.to_dict(), self.settings.latency_settings,
+                self.settings.cache_path, name=f"profile_trial_{to_profile.trial.number}")
+            self._move(to_profile, Stage.PROFILING)
 
-    def _start_training(self, plan: Plan) -> None:
-        plan.job = self.executor.submit(
-            jobs.train_candidate, plan.proxy.to_dict(), self.settings.data_name, self.settings.data_root,
-            self.settings.proxy_settings, name=f"train_trial_{plan.trial.number}",
-            num_cpus=self.settings.trial_cpus, num_gpus=self.settings.trial_gpus)
-        self.training.append(plan)
-
-    # ------------------------------------------------------------------ tiers 3-5: results
+    # ------------------------------------------------------------------ results
     def _collect(self, timeout: float) -> None:
-        jobs_now = [p.job for p in self.training + ([self.profiling] if self.profiling else [])]
-        done = set(self.executor.wait(jobs_now, timeout)) if jobs_now else set()
-        if self.profiling is not None and self.profiling.job in done:
-            plan, self.profiling = self.profiling, None
+        stages = list(self.on_done)
+        running = sorted((p for p in self.plans if p.job is not None and p.stage in self.on_done),
+                         key=lambda p: (stages.index(p.stage), p.since))
+        done = set(self.executor.wait([p.job for p in running], timeout)) if running else set()
+        for plan in [p for p in running if p.job in done]:
+            job, plan.job = plan.job, None
+            what, take = self.on_done[plan.stage]
             try:
-                self._take_profile(plan, plan.job.result())
-            except (JobFailed, WorkerLost) as err:
-                self._tell_failed(plan, f"profiling failed: {err}", retry=isinstance(err, WorkerLost))
-        for plan in [p for p in self.training if p.job in done]:
-            self.training.remove(plan)
-            try:
-                result = plan.job.result()
+                result = job.result()
             except WorkerLost as err:
-                self._tell_failed(plan, f"worker died during proxy training: {err}", retry=True)
+                self._fail(plan, f"worker died during {what}: {err}", retry=True)
                 continue
             except JobFailed as err:
-                self._tell_failed(plan, f"proxy training raised {err}", retry=False)
+                self._fail(plan, f"{what} raised {err}", retry=False)
                 continue
-            self._tell_trained(plan, result)
+            take(plan, result)
 
-    def _heartbeat(self) -> None:
-        storage = self.study._storage
-        for plan in self._in_flight():
-            storage.record_heartbeat(plan.trial._trial_id)
+    def _profiled(self, plan: Plan, profile: dict[str, Any]) -> None:
+        self._take_profile(plan, profile)
 
-    # ------------------------------------------------------------------ telling Optuna
-    def _set_constraints(self, trial: optuna.Trial, violations: dict[str, float]) -> None:
-        for key in self.settings.budget.keys():
-            trial.set_constraint(key, violations.get(key, -1.0))
-
-    def _tell_trained(self, plan: Plan, result: dict[str, Any]) -> None:
-        plan.attrs.update(
-            trained=True, val_accuracy=result["val_accuracy"], val_curve=result["curve"],
-            train_loss_curve=result["train_loss_curve"], images_per_sec=result["images_per_sec"],
-            proxy_wall_time_s=result["wall_time_s"], epochs_done=result["epochs_done"],
-            proxy_device=result["device"], failure_reason=result["failure_reason"],
+    def _trained(self, plan: Plan, result: dict[str, Any]) -> None:
+        plan.record.update(
+            accuracy=result["val_accuracy"], val_curve=result["curve"], train_loss_curve=result["train_loss_curve"],
+            images_per_sec=result["images_per_sec"], proxy_wall_time_s=result["wall_time_s"],
+            epochs_done=result["epochs_done"], proxy_device=result["device"], proxy_seed=result.get("seed"),
+            val_count=result.get("val_count"), val_correct=result.get("val_correct"),
             train_started_at=result["started_at"], train_finished_at=result["finished_at"])
         if result["status"] != "ok":
-            self._tell_failed(plan, f"proxy training failed: {result['failure_reason']}", retry=False)
+            self._fail(plan, f"proxy training failed: {result['failure_reason']}", retry=False)
             return
-        self._complete(plan, result["val_accuracy"], self.settings.budget.violations(plan.metrics))
-
-    def _tell_infeasible(self, plan: Plan, over: dict[str, float]) -> None:
-        reason = ", ".join(f"{k} {v:+.0%} over budget" for k, v in over.items())
-        plan.attrs.update(trained=False, infeasible_reason=reason)
-        # Not trained, so accuracy is unknown: 0.0 keeps it off the front, and the constraint
-        # marks it infeasible for the sampler and the report. Over budget before profiling,
-        # its latency is unknown too: infinite.
-        plan.metrics.setdefault("latency_ms", float("inf"))
-        self._complete(plan, 0.0, over)
-
-    def _complete(self, plan: Plan, accuracy: float, violations: dict[str, float]) -> None:
-        self._set_constraints(plan.trial, violations)
-        attrs = {**plan.attrs, **{k: v for k, v in plan.metrics.items()}}
-        for key, value in clean_attrs(attrs).items():
-            plan.trial.set_user_attr(key, value)
-        values = objective_values(self.settings.objectives, accuracy, plan.metrics)
-        frozen = self.study.tell(plan.trial, values)
-        if plan.attrs.get("trained"):
-            self.by_arch[plan.attrs["arch_hash"]] = frozen
-        self._status(f"trial {plan.trial.number} {plan.candidate.layout}: " + (
-            f"acc {accuracy:.3f}, {plan.metrics['latency_ms']:.2f} ms" if plan.attrs.get("trained")
-            else f"infeasible, not trained ({plan.attrs['infeasible_reason']})"))
+        plan.record.update(trained=True, status=TRAINED)
+        frozen = self.recorder.tell(plan)
+        self.by_arch[plan.record.arch_hash] = frozen
+        self._move(plan, Stage.TOLD)
+        self._status(f"{plan.label}: acc {plan.record.accuracy:.3f}, {plan.record.latency_ms:.2f} ms")
         self._release_twins(plan, frozen)
 
-    def _reuse(self, plan: Plan, twin: optuna.trial.FrozenTrial) -> None:
-        for key, value in twin.user_attrs.items():
-            plan.trial.set_user_attr(key, value)
-        plan.trial.set_user_attr("reused_from", twin.number)
-        # Judge the twin's measurements against today's budget, which may differ from its run's.
-        metrics = {k: twin.user_attrs[k] for k in ("params", "macs", "latency_ms") if k in twin.user_attrs}
-        self._set_constraints(plan.trial, self.settings.budget.violations(metrics))
-        self.study.tell(plan.trial, twin.values)
-        self._status(f"trial {plan.trial.number} {plan.candidate.layout}: same architecture as trial "
-                     f"{twin.number}, result reused")
+    def _fail(self, plan: Plan, reason: str, retry: bool) -> None:
+        retried = self.recorder.fail(plan, reason, retry)
+        self.failed_this_run += 1
+        self._move(plan, Stage.FAILED)
+        self._release_twins(plan, None)
+        self._status(f"{plan.label}: FAILED ({reason})" + (" - will retry" if retried else ""))
 
-    def _release_twins(self, original: Plan, frozen: optuna.trial.FrozenTrial | None) -> None:
-        for twin in [p for p in self.twins if p.twin_of is original]:
-            self.twins.remove(twin)
+    # ------------------------------------------------------------------ twins
+    def _reuse(self, plan: Plan, twin: FrozenTrial) -> None:
+        plan.record.update(**TrialRecord.load(twin).measurements())
+        plan.record.update(status=REUSED, reused_from=twin.number)
+        self.recorder.tell(plan)  # the twin's measurements, judged against today's budget
+        self._move(plan, Stage.TOLD)
+        self._status(f"{plan.label}: same architecture as trial {twin.number}, result reused")
+
+    def _release_twins(self, original: Plan, frozen: FrozenTrial | None) -> None:
+        for twin in [p for p in self.plans if p.twin_of is original]:
             twin.twin_of = None
-            if frozen is not None and original.attrs.get("trained"):
+            if frozen is not None:
                 self._reuse(twin, frozen)
             else:
+                twin.stage = Stage.ASKED
                 self._route(twin)
 
-    def _tell_failed(self, plan: Plan, reason: str, retry: bool) -> None:
-        plan.trial.set_user_attr("failure_reason", reason)
-        for key, value in clean_attrs({**plan.attrs, **plan.metrics}).items():
-            if key != "failure_reason":
-                plan.trial.set_user_attr(key, value)
-        self.study.tell(plan.trial, state=TrialState.FAIL)
-        self.failed_this_run += 1
-        retries = int(plan.trial.user_attrs.get("retry_count", 0))
-        if retry and retries < self.settings.max_retries:
-            self.study.enqueue_trial(plan.trial.params, user_attrs={"retry_of": plan.trial.number,
-                                                                    "retry_count": retries + 1})
-        self._release_twins(plan, None)
-        self._status(f"trial {plan.trial.number} {plan.candidate.layout}: FAILED ({reason})"
-                     + (" - will retry" if retry and retries < self.settings.max_retries else ""))
-
+    # ------------------------------------------------------------------ Ctrl-C
     def _interrupt(self) -> None:
-        """Ctrl-C: unfinished trials end FAIL (marked interrupted) and are queued again, so the
-        same command resumes them; finished trials are already safe in storage."""
-        release_storage_session(self.study)
-        for plan in self._in_flight():
+        """Unfinished trials end FAIL (marked interrupted) and are queued again, so the same
+        command resumes them; finished trials are already safe in storage."""
+        release_storage_session(self.storage)
+        for plan in list(self.plans):
             if plan.job is not None:
                 self.executor.cancel(plan.job)
-            try:
-                plan.trial.set_user_attr("failure_reason", INTERRUPTED)
-                self.study.tell(plan.trial, state=TrialState.FAIL)
-            except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-                continue  # its result was stored just before the interrupt: keep it
-            self.study.enqueue_trial(plan.trial.params, user_attrs={"retry_of": plan.trial.number})
+            self.recorder.interrupt(plan)

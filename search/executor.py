@@ -12,7 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 
 class WorkerLost(RuntimeError):
@@ -39,6 +39,27 @@ class Job:
         return value
 
 
+class Executor(Protocol):
+    """Where the driver's jobs run. `submit` asks for a share of the resources; a job from
+    `submit_exclusive` has a whole machine to itself (latency is measured there)."""
+
+    total_cpus: float
+    total_gpus: float
+
+    def capacity(self, num_cpus: float, num_gpus: float) -> int: ...
+
+    def submit(self, fn: Callable[..., Any], *args: Any, name: str, num_cpus: float = 1,
+               num_gpus: float = 0) -> Job: ...
+
+    def submit_exclusive(self, fn: Callable[..., Any], *args: Any, name: str) -> Job: ...
+
+    def wait(self, jobs: list[Job], timeout: float) -> list[Job]: ...
+
+    def cancel(self, job: Job) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
 class InlineExecutor:
     """Runs each job in this process at submit time: for debugging and tiny studies."""
 
@@ -56,6 +77,9 @@ class InlineExecutor:
         except Exception as err:  # the caller decides what a failed job means
             job.outcome = ("error", JobFailed(_describe(err)))
         return job
+
+    def submit_exclusive(self, fn: Callable[..., Any], *args: Any, name: str) -> Job:
+        return self.submit(fn, *args, name=name)
 
     def wait(self, jobs: list[Job], timeout: float) -> list[Job]:
         return [job for job in jobs if job.outcome is not None]
@@ -102,6 +126,9 @@ class RayExecutor:
         remote = self._remote_cache.setdefault(fn, self._ray.remote(fn))
         handle = remote.options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0, name=name).remote(*args)
         return Job(name, handle)
+
+    def submit_exclusive(self, fn: Callable[..., Any], *args: Any, name: str) -> Job:
+        return self.submit(fn, *args, name=name, num_cpus=self.total_cpus, num_gpus=self.total_gpus)
 
     def wait(self, jobs: list[Job], timeout: float) -> list[Job]:
         pending = {job.handle: job for job in jobs if job.outcome is None}

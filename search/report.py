@@ -2,22 +2,39 @@
 
 Everything here is read back from the Optuna storage, so a report can be made again at any
 time (`trials.csv` is always a fresh copy of the storage, never a second source of truth).
-Pareto fronts come from Optuna (`study.best_trials`, feasible trials only), hypervolumes from
-Optuna's own `compute_hypervolume`.
+Each trial's columns are its `TrialRecord`'s fields; objective columns are named by their
+record field (see `search.objectives`). Pareto fronts come from Optuna (`study.best_trials`,
+feasible trials only), hypervolumes from Optuna's own algorithm.
 """
 from __future__ import annotations
 
+import json
+import math
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pandas as pd
-from optuna._hypervolume import compute_hypervolume
 from optuna.trial import FrozenTrial, TrialState
 
-OBJECTIVE_COLUMNS = {"accuracy": "accuracy", "latency": "latency_ms", "macs": "macs", "params": "params"}
-FRONT_COLUMNS = ["number", "layout", "family", "accuracy", "latency_ms", "latency_p90_ms", "macs", "params"]
+from .objectives import OBJECTIVES
+from .record import TrialRecord, record_fields
+from .replicates import ReplicateStore
+
+# Shown beside the objectives in a front table.
+FRONT_EXTRAS = ["latency_p90_ms", "macs", "params"]
+ESTIMATE_COLUMNS = ["accuracy_mean", "accuracy_se", "replicates"]
+
+
+def compute_hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
+    """Optuna's hypervolume (WFG algorithm) of minimised points. Optuna 5 has no public
+    function for it, so the private one is reached here and nowhere else."""
+    from optuna._hypervolume import compute_hypervolume as wfg
+
+    return float(wfg(points, reference))
 
 
 class StudyFolderError(ValueError):
@@ -61,52 +78,123 @@ def is_feasible(trial: FrozenTrial) -> bool:
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: state, objectives, feasibility and every recorded metric."""
-    names = objective_names(study)
+    """One row per trial: number, state, feasibility, its record's fields, constraints,
+    params and times. A value the trial never measured is missing (NaN), not 0."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        row = {"number": trial.number, "state": trial.state.name}
-        if trial.values is not None:
-            row.update({OBJECTIVE_COLUMNS[n]: v for n, v in zip(names, trial.values)})
-        row["feasible"] = is_feasible(trial) if trial.state == TrialState.COMPLETE else None
+        row = {"number": trial.number, "state": trial.state.name,
+               "feasible": is_feasible(trial) if trial.state == TrialState.COMPLETE else None}
+        row.update(vars(TrialRecord.load(trial)))
         row.update({f"constraint_{k}": v for k, v in trial.constraints.items()})
-        row.update({k: v for k, v in trial.user_attrs.items() if k not in row})
         row.update({f"param_{k}": v for k, v in trial.params.items()})
         row["datetime_start"] = trial.datetime_start
         row["datetime_complete"] = trial.datetime_complete
         rows.append(row)
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows, columns=None if rows else ["number", "state", "feasible", *record_fields()])
     if not frame.empty:
-        frame = frame.set_index("number", drop=False).sort_index()
+        frame = frame.set_index("number", drop=False).sort_index().join(estimates_frame(study))
     return frame
 
 
+def _csv_cell(value: object) -> object:
+    """Nested values as JSON, times as ISO 8601: every cell reads back without Python."""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    if value is pd.NaT:
+        return None
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
 def write_trials_csv(study: optuna.Study, path: Path) -> Path:
+    """Write `trials_frame` to `path` atomically: readers never see a half-written file."""
     path = Path(path)
-    tmp = path.with_suffix(".csv.tmp")
-    trials_frame(study).to_csv(tmp, index=False)
-    tmp.replace(path)  # readers never see a half-written file
+    frame = trials_frame(study)
+    frame = frame.apply(lambda column: column.map(_csv_cell)) if not frame.empty else frame
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", newline="") as out:
+        frame.to_csv(out, index=False)
+    os.replace(tmp, path)
     return path
 
 
+def _values(trial: FrozenTrial, names: list[str], accuracy: float | None) -> list[float]:
+    """The trial's objective values as minimised numbers, with the refined accuracy."""
+    values = list(trial.values)
+    if accuracy is not None:
+        values[names.index("accuracy")] = accuracy
+    return [v if OBJECTIVES[n].direction == "minimize" else -v for n, v in zip(names, values)]
+
+
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Pareto-optimal feasible trials (Optuna's `best_trials`), one per architecture."""
-    seen, front = set(), []
-    for trial in sorted(study.best_trials, key=lambda t: t.number):
-        key = trial.user_attrs.get("arch_hash", trial.number)
-        if key not in seen:
-            seen.add(key)
-            front.append(trial)
-    return front
+    """Pareto-optimal feasible trials, one per architecture (its first trial), judged on the
+    refined accuracy (the mean over replicates, `search.replicates`) and the other objectives."""
+    names, store = objective_names(study), ReplicateStore(study)
+    pool: dict[str, tuple[FrozenTrial, list[float]]] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        record = TrialRecord.load(trial)
+        if not record.trained or not is_feasible(trial) or record.arch_hash in pool:
+            continue
+        estimate = store.estimate(trial)
+        pool[record.arch_hash] = (trial, _values(trial, names, estimate.mean if estimate else None))
+    points = list(pool.values())
+
+    def dominated(v: list[float]) -> bool:
+        return any(all(a <= b for a, b in zip(w, v)) and w != v for _, w in points)
+
+    return sorted((t for t, v in points if not dominated(v)), key=lambda t: t.number)
+
+
+def estimates_frame(study: optuna.Study) -> pd.DataFrame:
+    """Per trained trial: refined accuracy mean, its standard error and replicate count."""
+    store, rows = ReplicateStore(study), []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        estimate = store.estimate(trial) if TrialRecord.load(trial).trained else None
+        if estimate is not None:
+            rows.append({"number": trial.number, "accuracy_mean": estimate.mean, "accuracy_se": estimate.se,
+                         "replicates": estimate.n})
+    return pd.DataFrame(rows, columns=["number", *ESTIMATE_COLUMNS]).set_index("number")
+
+
+def mark_ties(front: pd.DataFrame, margin_se: float = 2.0, latency_rel: float = 0.02) -> pd.Series:
+    """For each front member, the members the data cannot separate from it: accuracies within
+    `margin_se` combined standard errors and latencies within their confidence intervals
+    (or `latency_rel` where none was measured)."""
+    rows = front.to_dict("records")
+
+    def half_width(row: dict) -> float:
+        low, high = row.get("latency_ci_low_ms"), row.get("latency_ci_high_ms")
+        if isinstance(low, float) and isinstance(high, float) and math.isfinite(low) and math.isfinite(high):
+            return (high - low) / 2
+        return latency_rel * row["latency_ms"]
+
+    def tied(a: dict, b: dict) -> bool:
+        close_acc = abs(a["accuracy_mean"] - b["accuracy_mean"]) <= margin_se * math.hypot(a["accuracy_se"],
+                                                                                            b["accuracy_se"])
+        return close_acc and abs(a["latency_ms"] - b["latency_ms"]) <= half_width(a) + half_width(b)
+
+    return pd.Series([",".join(str(b["number"]) for b in rows if b is not a and tied(a, b)) for a in rows],
+                     index=front.index, dtype=object)
+
+
+def front_columns(study: optuna.Study) -> list[str]:
+    fields = [OBJECTIVES[name].field for name in objective_names(study)]
+    shown = [c for f in fields for c in (ESTIMATE_COLUMNS if f == "accuracy" else [f])]
+    return list(dict.fromkeys(["number", "layout", "family", *shown, *FRONT_EXTRAS, "tied_with"]))
 
 
 def front_frame(study: optuna.Study) -> pd.DataFrame:
+    """The front, fastest first: refined accuracy with its SE and replicate count, the other
+    objectives, and which members the data cannot tell apart (`tied_with`)."""
     frame = trials_frame(study)
     numbers = [t.number for t in front_trials(study)]
+    columns = front_columns(study)
     if frame.empty or not numbers:
-        return pd.DataFrame(columns=FRONT_COLUMNS)
-    front = frame.loc[numbers]
-    return front[[c for c in FRONT_COLUMNS if c in front]].sort_values("latency_ms")
+        return pd.DataFrame(columns=columns)
+    front = frame.loc[numbers].sort_values("latency_ms")
+    front["tied_with"] = mark_ties(front)
+    return front[columns]
 
 
 def _normalised_points(trials: list[FrozenTrial], names: list[str], reference: ReferencePoint) -> np.ndarray:
@@ -119,7 +207,7 @@ def hypervolume(study: optuna.Study, reference: ReferencePoint) -> float:
     """Hypervolume of the feasible accuracy-latency front against the fixed reference."""
     trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
     points = _normalised_points(trials, objective_names(study), reference)
-    return float(compute_hypervolume(points, np.ones(2))) if len(points) else 0.0
+    return compute_hypervolume(points, np.ones(2)) if len(points) else 0.0
 
 
 def hypervolume_history(study: optuna.Study, reference: ReferencePoint) -> pd.DataFrame:
@@ -131,22 +219,27 @@ def hypervolume_history(study: optuna.Study, reference: ReferencePoint) -> pd.Da
             done.append(trial)
         points = _normalised_points(done, names, reference)
         rows.append({"number": trial.number,
-                     "hypervolume": float(compute_hypervolume(points, np.ones(2))) if len(points) else 0.0})
+                     "hypervolume": compute_hypervolume(points, np.ones(2)) if len(points) else 0.0})
     return pd.DataFrame(rows, columns=["number", "hypervolume"])
 
 
 def format_front(frame: pd.DataFrame) -> str:
-    """The front as a plain-text table for the terminal."""
+    """The front as a plain-text table for the terminal: accuracy as mean ± SE (n), each
+    other objective in its own format, ties named."""
     if frame.empty:
         return "(no feasible finished trial yet)"
+    formats = {o.field: o for o in OBJECTIVES.values()}
     shown = frame.copy()
-    if "accuracy" in shown:
-        shown["accuracy"] = shown["accuracy"].map("{:.3f}".format)
-    for col in ("latency_ms", "latency_p90_ms"):
-        if col in shown:
-            shown[col] = shown[col].map("{:.2f}".format)
-    if "macs" in shown:
-        shown["macs"] = (shown["macs"] / 1e9).map("{:.2f}G".format)
-    if "params" in shown:
-        shown["params"] = (shown["params"] / 1e6).map("{:.1f}M".format)
-    return shown.rename(columns={"number": "trial", "macs": "MACs"}).to_string(index=False)
+    if "accuracy_mean" in shown:
+        shown.insert(list(shown).index("accuracy_mean"), "accuracy",
+                     [f"{m:.3f} ± {s:.3f} (n={int(n)})" for m, s, n in
+                      zip(shown.pop("accuracy_mean"), shown.pop("accuracy_se"), shown.pop("replicates"))])
+    for column in shown:
+        if column in formats and column != "accuracy":
+            shown[column] = shown[column].map(formats[column].format)
+        elif column.endswith("_ms"):
+            shown[column] = shown[column].map("{:.2f}".format)
+    if "tied_with" in shown:
+        shown["tied_with"] = shown["tied_with"].map(lambda t: f"tied: {t}" if t else "")
+    titles = {o.field: o.label for o in OBJECTIVES.values() if o.field not in ("latency_ms", "accuracy")}
+    return shown.rename(columns={"number": "trial", "tied_with": "", **titles}).to_string(index=False)

@@ -1,19 +1,19 @@
-"""The Optuna side of a search: samplers, storage, and what a trial records.
+"""The Optuna side of a search: samplers, storage and heartbeats.
 
-`search.driver` runs trials; this module only knows how to make a study and how to turn
-measurements into objective values, constraints and user attributes.
+`search.driver` runs trials and `search.record` says what a trial stores; this module only
+knows how to make (or resume) a study and talk to its storage.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Iterator
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-OBJECTIVE_DIRECTIONS = {"accuracy": "maximize", "latency": "minimize", "macs": "minimize", "params": "minimize"}
+from .objectives import OBJECTIVES
+
 HEARTBEAT_S = 20  # a RUNNING trial with no heartbeat for GRACE_S belonged to a dead driver
 GRACE_S = 60
 
@@ -36,13 +36,25 @@ class GridSampler(optuna.samplers.BruteForceSampler):
         pass
 
 
-def release_storage_session(study: optuna.Study) -> None:
+def release_storage_session(storage: RDBStorage) -> None:
     """Close this thread's storage session. A write cut short by Ctrl-C leaves its SQLite
     transaction open, holding the database lock against every later write of this process;
-    closing the session rolls it back. (Optuna wraps the RDB storage in a cache: unwrap it.)"""
-    storage = getattr(study._storage, "_backend", study._storage)
-    if isinstance(storage, RDBStorage):
-        storage.remove_session()
+    closing the session rolls it back."""
+    storage.remove_session()
+
+
+def record_heartbeat(storage: RDBStorage, trial: optuna.Trial) -> None:
+    """Optuna records heartbeats from `Study.optimize` only; our ask/tell driver needs the
+    trial's storage id for it, which Optuna keeps private (`Trial._trial_id`): read here and
+    in `fail_orphan` only."""
+    storage.record_heartbeat(trial._trial_id)
+
+
+def fail_orphan(storage: RDBStorage, trial: optuna.trial.FrozenTrial, attrs: dict) -> None:
+    """End a RUNNING trial whose driver is known to be dead: FAIL, with `attrs` recorded."""
+    for key, value in attrs.items():
+        storage.set_trial_user_attr(trial._trial_id, key, value)
+    storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
 
 
 def make_sampler(name: str, seed: int, parallel: bool) -> optuna.samplers.BaseSampler:
@@ -61,51 +73,31 @@ def make_sampler(name: str, seed: int, parallel: bool) -> optuna.samplers.BaseSa
 
 
 def open_study(study_name: str, storage_url: str, objectives: list[str], sampler: optuna.samplers.BaseSampler,
-               max_retries: int) -> optuna.Study:
-    """Create or resume a study. Heartbeats let a later run fail (and retry) trials left
-    RUNNING by a driver that was killed."""
+               max_retries: int) -> tuple[optuna.Study, RDBStorage]:
+    """Create or resume a study; also return its storage, which the driver writes heartbeats
+    to. Heartbeats let a later run fail (and retry) trials left RUNNING by a killed driver."""
     with quiet_heartbeats():
         return _open_study(study_name, storage_url, objectives, sampler, max_retries)
 
 
 def _open_study(study_name: str, storage_url: str, objectives: list[str], sampler: optuna.samplers.BaseSampler,
-                max_retries: int) -> optuna.Study:
+                max_retries: int) -> tuple[optuna.Study, RDBStorage]:
     storage = RDBStorage(
         storage_url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retries),
         engine_kwargs={"connect_args": {"timeout": 60}} if storage_url.startswith("sqlite") else None,
     )
-    study = optuna.create_study(
-        study_name=study_name, storage=storage, sampler=sampler, load_if_exists=True,
-        directions=[OBJECTIVE_DIRECTIONS[o] for o in objectives],
-    )
-    existing = [d.name.lower() for d in study.directions]
-    wanted = [OBJECTIVE_DIRECTIONS[o] for o in objectives]
-    if existing != wanted:
-        raise ValueError(f"search.objectives={objectives}: study {study_name!r} was created with other objectives; "
-                         "pick another search.study_name")
-    return study
-
-
-def objective_values(objectives: list[str], accuracy: float, metrics: dict[str, float]) -> list[float]:
-    values = {"accuracy": accuracy, "latency": metrics["latency_ms"], "macs": metrics["macs"],
-              "params": metrics["params"]}
-    return [float(values[o]) for o in objectives]
+    wanted = [OBJECTIVES[o].direction for o in objectives]
+    study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, load_if_exists=True,
+                                directions=wanted)
+    recorded = study.user_attrs.get("objectives")
+    if [d.name.lower() for d in study.directions] != wanted or (recorded and recorded != objectives):
+        raise ValueError(f"search.objectives={objectives}: study {study_name!r} was created with "
+                         f"{recorded or 'other objectives'}; pick another search.study_name")
+    study.set_user_attr("objectives", list(objectives))
+    study.set_metric_names(list(objectives))
+    return study, storage
 
 
 def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-
-
-def clean_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
-    """User attributes must be JSON: turn NaN/inf into None and tuples into lists."""
-    def clean(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, (tuple, list)):
-            return [clean(v) for v in value]
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        return value
-
-    return {key: clean(value) for key, value in attrs.items()}

@@ -35,10 +35,10 @@ def test_inline_study_completes_and_csv_matches_storage(tiny_space: Path, tmp_pa
     assert {t.user_attrs["layout"] for t in done[:2]} == {"CC-CCCT-CCTT-CTTT", "CC-CCCC-CCTT-TTTT"}
     for trial in done:
         attrs = trial.user_attrs
-        assert attrs["trained"] and 0.0 <= attrs["val_accuracy"] <= 1.0
+        assert attrs["trained"] and 0.0 <= attrs["accuracy"] <= 1.0
         assert attrs["macs"] > 0 and attrs["params"] > 0 and attrs["latency_ms"] > 0
         assert attrs["latency_p90_ms"] >= attrs["latency_ms"]
-        assert trial.values == [attrs["val_accuracy"], attrs["latency_ms"]]
+        assert trial.values == [attrs["accuracy"], attrs["latency_ms"]]
     folder = next(p for p in results.iterdir() if p.is_dir() and p.name.startswith("tiny"))
     csv = pd.read_csv(folder / "trials.csv")
     frame = trials_frame(study)
@@ -69,7 +69,7 @@ def test_duplicates_reused_and_over_budget_not_trained(tiny_space: Path, tmp_pat
     infeasible = [t for t in done if any(v > 0 for v in t.constraints.values())]
     assert infeasible, "a 90 M MACs ceiling must exclude two layouts"
     for trial in infeasible:
-        assert trial.user_attrs["trained"] is False and "val_accuracy" not in trial.user_attrs
+        assert trial.user_attrs["trained"] is False and "accuracy" not in trial.user_attrs
         assert "macs" in trial.user_attrs["infeasible_reason"]
     assert all(t not in infeasible for t in study.best_trials)
 

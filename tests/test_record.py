@@ -1,0 +1,106 @@
+"""One trial record, one objective table, a driver with explicit stages."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from search.campaign import Campaign
+from search.driver import Plan, Scheduler, Stage
+from search.objectives import OBJECTIVES, Objective
+from search.record import REUSED, TrialRecord
+from search.settings import SettingsError, parse_args
+
+from studies import FAST, complete
+
+
+def test_record_round_trips_through_user_attributes():
+    record = TrialRecord(layout="CC-CCCT-CCTT-CTTT", arch_hash="abc", target_config={"widths": [64, 128]},
+                         latency_ms=54.8, accuracy=0.5, val_curve=[0.3, 0.5], trained=True, reference=True)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    trial = study.ask()
+    record.save(trial)
+    study.tell(trial, record.values(["accuracy", "latency"]))
+    again = TrialRecord.load(study.trials[0])
+    assert again == record
+    assert study.trials[0].values == [0.5, 54.8]
+
+
+def test_unmeasured_values_are_the_worst_and_json_safe():
+    record = TrialRecord(latency_ms=math.inf, macs=4.4e9)
+    assert record.value("accuracy") == 0.0  # never trained
+    assert record.value("params") == math.inf  # never counted
+    assert record.to_attrs()["latency_ms"] is None and "accuracy" not in record.to_attrs()
+
+
+def test_older_studies_spelling_is_read():
+    assert TrialRecord.from_attrs({"val_accuracy": 0.4, "unknown_key": 1}).accuracy == 0.4
+
+
+def test_a_reused_result_keeps_its_own_identity():
+    original = TrialRecord(layout="L", reference=True, retry_of=3, accuracy=0.5, trained=True)
+    twin = TrialRecord(layout="L")
+    twin.update(**original.measurements())
+    assert twin.accuracy == 0.5 and twin.trained and not twin.reference and twin.retry_of is None
+
+
+def _plan(stage: Stage, since: int) -> Plan:
+    return Plan(trial=None, candidate=None, target=None, proxy=None, record=TrialRecord(), stage=stage,
+                since=since)  # type: ignore[arg-type]
+
+
+def test_scheduler_holds_training_while_a_profiling_window_is_open():
+    scheduler = Scheduler(capacity=2)
+    waiting, ready = _plan(Stage.CHECKED, 0), _plan(Stage.PROFILED, 1)
+    # What is ready starts training; then the window opens (the exclusive profiling job
+    # itself waits until running trainings have finished).
+    train, profile = scheduler.next([waiting, ready])
+    assert train == [ready] and profile is waiting and scheduler.window_open
+    ready.stage = Stage.TRAINING
+    waiting.stage, late = Stage.PROFILING, _plan(Stage.PROFILED, 2)
+    assert scheduler.next([waiting, ready, late]) == ([], None)  # the window stays shut to training
+    waiting.stage = Stage.PROFILED
+    train, profile = scheduler.next([waiting, ready, late])
+    assert train == [waiting] and profile is None and not scheduler.window_open  # first come, first served
+
+
+def test_an_objective_is_one_table_entry(tiny_space: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Peak memory as a fourth objective: without its entry the settings refuse it; with the
+    entry alone a real study optimises it, and trials.csv and the dashboard show it."""
+    peak = OBJECTIVES["peak_memory"]
+    monkeypatch.delitem(OBJECTIVES, "peak_memory")
+    args = [f"space={tiny_space}", "executor=inline", "search.n_trials=2", f"results_dir={tmp_path}",
+            "search.objectives=[accuracy,latency,macs,peak_memory]", *FAST, "proxy.epochs=1",
+            "proxy.train_size=128", "proxy.val_size=100"]
+    with pytest.raises(SettingsError, match="peak_memory"):
+        parse_args(args)
+    monkeypatch.setitem(OBJECTIVES, "peak_memory", Objective("peak_memory", "minimize", "peak_memory_bytes",
+                                                             "peak memory (test)", "MB", 1e6, "{:.1f}"))
+    campaign = Campaign.from_settings(parse_args(args))
+    campaign.run()
+    campaign.finish(interrupted=False)
+    study = campaign.study
+    assert study.metric_names == ["accuracy", "latency", "macs", "peak_memory"]
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE", "MINIMIZE"]
+    done = complete(study)
+    assert len(done) == 2
+    csv = pd.read_csv(campaign.folder / "trials.csv").set_index("number")
+    for trial in done:
+        memory = TrialRecord.load(trial).peak_memory_bytes
+        assert memory and memory > 0
+        assert trial.values[3] == memory == csv.loc[trial.number, "peak_memory_bytes"]
+    assert "peak memory (test)" in (campaign.folder / "dashboard.html").read_text()
+    monkeypatch.setitem(OBJECTIVES, "peak_memory", peak)
+
+
+def test_reused_trials_say_so_in_their_record(study_dir: Path):
+    from search.report import open_study_dir
+
+    study = open_study_dir(study_dir)
+    records = [TrialRecord.load(t) for t in complete(study)]
+    for record in records:
+        if record.reused_from is not None:
+            assert record.status == REUSED and not record.reference
