@@ -92,7 +92,7 @@ def read_study(study_dir: Path, storage: str | None) -> tuple[optuna.Study, list
         raise ExportError(f"{where}: cannot read the study ({type(err).__name__}: {one_line(err)})") from None
 
 
-def write_new_file(target: Path, text: str) -> None:
+def write_atomically(target: Path, text: str) -> None:
     """Write `text` to `target` atomically, through a fresh temporary file in the same
     folder (created exclusively, so a planted symlink is never written through)."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -165,7 +165,7 @@ def export_trial(study_dir: Path, trial_number: int, name: str, force: bool = Fa
         target.parent.mkdir(parents=True, exist_ok=True)
         # --force (checked above): weights of the architecture being replaced would not fit this one
         target.with_suffix(".safetensors").unlink(missing_ok=True)
-        write_new_file(target, text)
+        write_atomically(target, text)
     except OSError as err:
         raise ExportError(f"{err.filename or target.parent}: cannot write the export ({err.strerror})") from None
     zoo.register_zoo_file(target)  # usable at once here; other processes pick it up on `import ascan`
