@@ -7,9 +7,12 @@ writes `<zoo>/ascan_mynet.yaml`: the target `ArchConfig` (`config:`) and where i
 `import ascan` registers every zoo file with timm, so afterwards
 `timm.create_model("ascan_mynet", num_classes=10)` builds exactly that network.
 
-The zoo is `ascan/zoo/` (shipped with the package), or the first folder of `$ASCAN_ZOO_DIR`
-when that is set, or `--zoo-dir`. Exporting over an existing name needs `--force`; the
-built-in names (`ascan_tiny`, ...) are never replaced.
+The zoo is the per-user folder `$XDG_DATA_HOME/ascan-search/zoo` (by default
+`~/.local/share/ascan-search/zoo`), or the first folder of `$ASCAN_ZOO_DIR` when that is set:
+the folders `import ascan` reads. `--zoo-dir` writes elsewhere; other processes then find the
+model only with that folder in `$ASCAN_ZOO_DIR`. Exporting over an existing name, or beside
+an existing `<name>.safetensors`, needs `--force`; the built-in names (`ascan_tiny`, ...)
+are never replaced. A refusal is one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,6 +33,7 @@ from ascan import ArchConfig, zoo
 
 from .report import StudyFolderError, is_feasible, objective_names, open_study_dir
 
+MAX_NAME_CHARS = 100  # with its suffixes, a file name must stay under the usual 255-byte limit
 METRIC_KEYS = ("accuracy", "latency_ms", "latency_p90_ms", "latency_iqr_ms", "latency_samples", "macs", "params",
                "peak_memory_bytes", "images_per_sec", "proxy_wall_time_s")
 
@@ -38,12 +43,18 @@ class ExportError(ValueError):
 
 
 def default_zoo_dir() -> Path:
-    """Where exports go: the first `$ASCAN_ZOO_DIR` folder if set, else the package's zoo."""
-    extra = [p for p in os.environ.get(zoo.ZOO_DIR_ENV, "").split(os.pathsep) if p]
-    return Path(extra[0]) if extra else zoo.ZOO_DIR
+    """Where exports go: the first `$ASCAN_ZOO_DIR` folder if set, else the per-user zoo."""
+    return zoo.user_zoo_dirs()[0]
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[:limit] + "..."
 
 
 def check_name(name: str) -> None:
+    if len(name) > MAX_NAME_CHARS:
+        raise ExportError(f"--name {name[:20]}...: {len(name)} characters; at most {MAX_NAME_CHARS}")
     if not name.startswith("ascan_") or not name.isidentifier() or name == "ascan_":
         raise ExportError(f"--name {name!r}: must be 'ascan_' followed by a Python identifier, e.g. ascan_mynet")
     if name in zoo.BUILTIN_NAMES:
@@ -52,18 +63,51 @@ def check_name(name: str) -> None:
 
 
 def check_free(name: str, target: Path, force: bool) -> None:
-    """Refuse to shadow a zoo file elsewhere, or to overwrite one here without --force."""
+    """Refuse to shadow a zoo file elsewhere, or to overwrite one here (or its weights) without --force."""
+    if target.parent.exists() and not target.parent.is_dir():
+        raise ExportError(f"--zoo-dir {target.parent}: not a folder")
     for folder in zoo.zoo_dirs():
         other = Path(folder) / f"{name}.yaml"
         if other.is_file() and other.resolve() != target.resolve():
             raise ExportError(f"--name {name}: already defined by {other}; choose another name or remove that file")
-    if target.exists() and not force:
+    if os.path.lexists(target) and not force:
         raise ExportError(f"--name {name}: {target} exists; use --force to replace it")
+    weights = target.with_suffix(".safetensors")
+    if os.path.lexists(weights) and not force:
+        raise ExportError(f"--name {name}: {weights} exists (weights for an earlier export of that name); "
+                          "use --force to replace the export and delete them")
 
 
-def finished_trial(study: optuna.Study, number: int, force: bool) -> FrozenTrial:
+def read_study(study_dir: Path, storage: str | None) -> tuple[optuna.Study, list[FrozenTrial]]:
+    """The study and its trials, or one ExportError line saying why they cannot be read."""
+    try:
+        study = open_study_dir(study_dir, storage)
+        return study, study.get_trials(deepcopy=False)
+    except StudyFolderError as err:
+        raise ExportError(str(err)) from None
+    except Exception as err:
+        # A bad URL or a corrupt file surfaces as an error of whichever storage backend the
+        # URL names (SQLAlchemy's, the journal's, ...), so there is no one class to catch.
+        where = f"--storage {storage}" if storage else f"{study_dir / 'study.db'}"
+        raise ExportError(f"{where}: cannot read the study ({type(err).__name__}: {one_line(err)})") from None
+
+
+def write_atomically(target: Path, text: str) -> None:
+    """Write `text` to `target` atomically, through a fresh temporary file in the same
+    folder (created exclusively, so a planted symlink is never written through)."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes it private; a zoo file is meant to be read
+            f.write(text)
+        os.replace(tmp, target)  # replaces a symlink at `target` itself, not what it points to
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def finished_trial(study: optuna.Study, trials: list[FrozenTrial], number: int, force: bool) -> FrozenTrial:
     """The trial to export: it must exist, have finished, and (unless forced) be feasible."""
-    trials = study.get_trials(deepcopy=False)
     if not 0 <= number < len(trials):
         span = f"0..{len(trials) - 1}" if trials else "none yet"
         raise ExportError(f"--trial {number}: no such trial in study {study.study_name} (trials: {span})")
@@ -112,20 +156,18 @@ def export_trial(study_dir: Path, trial_number: int, name: str, force: bool = Fa
     check_name(name)
     target = Path(zoo_dir or default_zoo_dir()) / f"{name}.yaml"
     check_free(name, target, force)
-    try:
-        study = open_study_dir(Path(study_dir), storage)
-    except StudyFolderError as err:
-        raise ExportError(str(err)) from None
-    trial = finished_trial(study, trial_number, force)
+    study, trials = read_study(Path(study_dir), storage)
+    trial = finished_trial(study, trials, trial_number, force)
     record = zoo_record(study, trial, name, Path(study_dir))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    stale_weights = target.with_suffix(".safetensors")
-    if stale_weights.exists():  # weights of the architecture being replaced would not fit this one
-        stale_weights.unlink()
-    tmp = target.with_suffix(".yaml.tmp")
-    tmp.write_text(f"# AsCAN zoo entry written by `python -m search.export`; timm name: {name}\n"
-                   + yaml.safe_dump(record, sort_keys=False, default_flow_style=None))
-    tmp.replace(target)
+    text = (f"# AsCAN zoo entry written by `python -m search.export`; timm name: {name}\n"
+            + yaml.safe_dump(record, sort_keys=False, default_flow_style=None))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # --force (checked above): weights of the architecture being replaced would not fit this one
+        target.with_suffix(".safetensors").unlink(missing_ok=True)
+        write_atomically(target, text)
+    except OSError as err:
+        raise ExportError(f"{err.filename or target.parent}: cannot write the export ({err.strerror})") from None
     zoo.register_zoo_file(target)  # usable at once here; other processes pick it up on `import ascan`
     return target
 
@@ -136,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trial", type=int, required=True, help="trial number (see the dashboard's front table)")
     parser.add_argument("--name", required=True, help="timm model name, ascan_<something>")
     parser.add_argument("--force", action="store_true", help="replace an exported model of that name")
-    parser.add_argument("--zoo-dir", type=Path, help=f"default: first folder of ${zoo.ZOO_DIR_ENV}, else {zoo.ZOO_DIR}")
+    parser.add_argument("--zoo-dir", type=Path, help=f"default: first folder of ${zoo.ZOO_DIR_ENV}, else "
+                        f"{zoo.user_zoo_dir()}; another folder is read by `import ascan` only if in ${zoo.ZOO_DIR_ENV}")
     parser.add_argument("--storage", help="Optuna storage URL, when the study is not in <study_dir>/study.db")
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -148,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {path}\nuse it: import ascan, timm; timm.create_model({args.name!r}, num_classes=...)")
     if path.parent.resolve() not in {Path(d).resolve() for d in zoo.zoo_dirs()}:
         print(f"note: {path.parent} is not a zoo folder; set {zoo.ZOO_DIR_ENV}={path.parent} "
-              "so `import ascan` finds it")
+              "so `import ascan` finds it in other processes")
     return 0
 
 

@@ -1,11 +1,12 @@
 """Search spaces: a validated spec becomes a `SearchSpace` of AsCAN candidates.
 
-A spec (`spaces/<name>.yaml`, format in `spaces/README.md`, read by `search.spec`) says which
-block layouts to explore, with which block variants and widths, under which named
-constraints, and how a candidate becomes two networks: the small *proxy* trained briefly
-for accuracy and the *target* whose latency and MACs are measured. `load_space` reads a
-spec; a `SearchSpace` counts, enumerates and samples `Candidate`s and turns one into
-`ArchConfig`s. `python -m search.space NAME` prints a space (bad spec: exit status 2).
+A spec (`spaces/<name>.yaml` or a folder of `$ASCAN_SPACES`; format in `spaces/README.md`,
+read by `search.spec`) says which block layouts to explore, with which block variants and
+widths, under which named constraints, and how a candidate becomes two networks: the small
+*proxy* trained briefly for accuracy and the *target* whose latency and MACs are measured.
+`load_space` reads a spec; a `SearchSpace` counts, enumerates and samples `Candidate`s and
+turns one into `ArchConfig`s. `python -m search.space NAME` prints a space (bad spec: exit
+status 2).
 
 Sampling (define-by-run): every choice is a named Optuna parameter (`s2_depth`, `s2_t`,
 `s2_width`, `c_block`, `t_block`, or `layout` for specs that list layouts). Cross-stage
@@ -17,7 +18,9 @@ value fall in one, and that trial raises `optuna.TrialPruned`.
 """
 from __future__ import annotations
 
+import importlib.resources
 import math
+import os
 import random
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -35,7 +38,19 @@ from search.spec import (DEFAULT_WIDTHS, FAMILIES, Budget, Constraints, NetworkS
 
 __all__ = ["Candidate", "SearchSpace", "SpecError", "describe", "layout_family", "load_space"]
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "spaces"
+SPACES_ENV = "ASCAN_SPACES"  # folders of the user's own specs (os.pathsep-separated), searched first
+
+
+def _builtin_spaces_dir() -> Path:
+    """The shipped specs. pyproject.toml installs the repository's `spaces/` folder as the
+    package `search.spaces`; a source checkout that is not installed reads the folder itself."""
+    try:
+        return Path(str(importlib.resources.files("search.spaces")))  # a folder: wheels install unzipped
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "spaces"
+
+
+SPACES_DIR = _builtin_spaces_dir()
 PAPER_C1 = ("CC", "CCCT", "CCTT", "CTTT")  # the paper's chosen layout
 PAPER_SYMMETRIC = ("CC", "CCCC", "CCTT", "TTTT")  # the paper's symmetric example
 ENUMERATE_LIMIT = 100_000
@@ -272,9 +287,15 @@ def _scale(width: int, mult: float) -> int:
 
 
 # ----------------------------------------------------------------- entry points
-def load_space(name_or_path: str | Path, spaces_dir: Path | None = None) -> SearchSpace:
-    """`hybrid` -> `<repo>/spaces/hybrid.yaml`; a path (with / or .yaml) is read as given."""
-    spec = read_spec(locate_spec(name_or_path, spaces_dir or SPACES_DIR))
+def spaces_dirs() -> list[Path]:
+    """Where `space=NAME` is looked for: the folders of `$ASCAN_SPACES`, then the shipped specs."""
+    return [*(Path(p) for p in os.environ.get(SPACES_ENV, "").split(os.pathsep) if p), SPACES_DIR]
+
+
+def load_space(name_or_path: str | Path, dirs: Sequence[Path] | None = None) -> SearchSpace:
+    """`hybrid` -> the first `hybrid.yaml` in `dirs` (default `spaces_dirs()`); a path (with /
+    or .yaml) is read as given."""
+    spec = read_spec(locate_spec(name_or_path, spaces_dirs() if dirs is None else dirs))
     return _build(spec)
 
 

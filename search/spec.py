@@ -174,13 +174,17 @@ class Spec:
     report: ReportSettings
 
 
-def locate_spec(name_or_path: str | Path, spaces_dir: Path) -> Path:
-    """`hybrid` -> `spaces_dir/hybrid.yaml`; a path (with / or .yaml) is taken as given."""
+def locate_spec(name_or_path: str | Path, spaces_dirs: Sequence[Path]) -> Path:
+    """`hybrid` -> the first `<dir>/hybrid.yaml` of `spaces_dirs`; a path (with / or .yaml) is taken as given."""
     name = str(name_or_path)
     is_path = "/" in name or name.endswith((".yaml", ".yml"))
-    path = Path(name) if is_path else spaces_dir / f"{name}.yaml"
+    if is_path:
+        path = Path(name)
+    else:
+        candidates = [d / f"{name}.yaml" for d in spaces_dirs]
+        path = next((p for p in candidates if p.is_file()), candidates[-1])
     if not path.is_file():
-        available = sorted(p.stem for p in spaces_dir.glob("*.yaml"))
+        available = sorted({p.stem for d in spaces_dirs for p in d.glob("*.yaml")})
         problem = "no such file" if is_path else f"no space named {name!r}{_hint(name, available)}"
         raise SpecError(display_path(path), None, f"{problem}; available spaces: {', '.join(available) or 'none'}")
     return path

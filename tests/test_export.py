@@ -1,7 +1,8 @@
 """Export a trial of a real tiny study into a zoo folder, then build it with timm elsewhere.
 
 The study is the one `test_dashboard.py` makes (shared through the session's temp folder).
-Exports go to a temporary zoo folder, read through `$ASCAN_ZOO_DIR`, never into `ascan/zoo/`.
+Exports go to a temporary zoo folder, read through `$ASCAN_ZOO_DIR`, never into `ascan/zoo/`
+or the user's zoo (`$XDG_DATA_HOME` points into the test's temporary folder).
 """
 from __future__ import annotations
 
@@ -33,8 +34,15 @@ def study(study_dir: Path) -> optuna.Study:
     return open_study_dir(study_dir)
 
 
+@pytest.fixture(autouse=True)
+def no_user_zoo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep every test away from the real user zoo and from a zoo folder set outside."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.delenv(zoo.ZOO_DIR_ENV, raising=False)
+
+
 def python(code: str, zoo_dir: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    env = {**os.environ, "PYTHONWARNINGS": "default"}  # XDG_DATA_HOME from `no_user_zoo`
     env.pop(zoo.ZOO_DIR_ENV, None)
     if zoo_dir is not None:
         env[zoo.ZOO_DIR_ENV] = str(zoo_dir)
@@ -125,7 +133,7 @@ def test_corrupt_zoo_file_is_skipped_with_one_warning(study, study_dir: Path, tm
     warnings = [line for line in proc.stderr.splitlines() if "ascan zoo: skipping" in line]
     assert len(warnings) == 2
     assert any("ascan_test_corrupt.yaml: unreadable YAML" in w for w in warnings)
-    assert any("ascan_test_badfield.yaml: ArchConfig.layouts[1]='CCTC'" in w for w in warnings)
+    assert any("ascan_test_badfield.yaml: config: ArchConfig.layouts[1]='CCTC'" in w for w in warnings)
 
 
 def test_safetensors_beside_a_zoo_file_are_its_pretrained_weights(study, study_dir: Path, tmp_path: Path):
@@ -140,3 +148,90 @@ def test_safetensors_beside_a_zoo_file_are_its_pretrained_weights(study, study_d
     assert all(torch.equal(value, loaded.state_dict()[key]) for key, value in trained.state_dict().items())
     assert not all(torch.equal(value, timm.create_model("ascan_test_weights").state_dict()[key])
                    for key, value in trained.state_dict().items())  # a fresh build differs: weights were loaded
+
+
+def test_export_goes_to_the_user_zoo_by_default_and_a_fresh_process_finds_it(study, study_dir: Path,
+                                                                             tmp_path: Path):
+    path = export_trial(study_dir, front_trials(study)[0].number, "ascan_test_user")
+    assert path == tmp_path / "xdg-data" / "ascan-search" / "zoo" / "ascan_test_user.yaml"
+    proc = python('import ascan, timm; print(timm.create_model("ascan_test_user").config.arch_hash)')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == front_trials(study)[0].user_attrs["arch_hash"]
+
+
+def test_existing_weights_are_never_deleted_without_force(study, study_dir: Path, tmp_path: Path):
+    zoo_dir, trial = tmp_path / "zoo", front_trials(study)[0].number
+    zoo_dir.mkdir()
+    orphan = zoo_dir / "ascan_test_orphan.safetensors"  # weights whose YAML was removed by hand
+    orphan.write_bytes(b"weights")
+    with pytest.raises(ExportError, match="ascan_test_orphan.safetensors exists .*use --force"):
+        export_trial(study_dir, trial, "ascan_test_orphan", zoo_dir=zoo_dir)
+    assert orphan.read_bytes() == b"weights" and not (zoo_dir / "ascan_test_orphan.yaml").exists()
+
+    path = export_trial(study_dir, trial, "ascan_test_weighted", zoo_dir=zoo_dir)
+    path.with_suffix(".safetensors").write_bytes(b"weights")
+    with pytest.raises(ExportError, match="exists; use --force"):
+        export_trial(study_dir, trial, "ascan_test_weighted", zoo_dir=zoo_dir)
+    assert path.with_suffix(".safetensors").read_bytes() == b"weights"
+    export_trial(study_dir, trial, "ascan_test_weighted", force=True, zoo_dir=zoo_dir)
+    assert not path.with_suffix(".safetensors").exists()  # they fit the replaced architecture, not this one
+    assert sorted(p.name for p in zoo_dir.iterdir()) == ["ascan_test_orphan.safetensors", "ascan_test_weighted.yaml"]
+
+
+def test_export_never_writes_through_a_planted_symlink(study, study_dir: Path, tmp_path: Path):
+    zoo_dir, trial = tmp_path / "zoo", front_trials(study)[0].number
+    zoo_dir.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (zoo_dir / "ascan_test_link.yaml.tmp").symlink_to(victim)  # where the old export wrote first
+    path = export_trial(study_dir, trial, "ascan_test_link", zoo_dir=zoo_dir)
+    assert victim.read_text() == "precious"
+    assert not path.is_symlink() and yaml.safe_load(path.read_text())["name"] == "ascan_test_link"
+
+    (zoo_dir / "ascan_test_target.yaml").symlink_to(victim)  # the target itself, replaced with --force
+    path = export_trial(study_dir, trial, "ascan_test_target", force=True, zoo_dir=zoo_dir)
+    assert victim.read_text() == "precious" and not path.is_symlink()
+    assert sorted(p.name for p in zoo_dir.iterdir()) == ["ascan_test_link.yaml", "ascan_test_link.yaml.tmp",
+                                                         "ascan_test_target.yaml"]  # no temporary file left
+
+
+def export_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != zoo.ZOO_DIR_ENV}
+    return subprocess.run([sys.executable, "-m", "search.export", *args], capture_output=True, text=True,
+                          timeout=120, cwd=REPO, env=env)
+
+
+def test_bad_storage_and_corrupt_study_are_one_line_and_exit_2(study, study_dir: Path, tmp_path: Path):
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "study.db").write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 8)
+    zoo_dir = tmp_path / "zoo"
+    cases = [
+        ([str(study_dir), "--storage", "garbage"], "error: --storage garbage: cannot read the study (ArgumentError"),
+        ([str(study_dir), "--storage", "nosuchdb://x"], "error: --storage nosuchdb://x: cannot read the study"),
+        ([str(corrupt)], f"error: {corrupt / 'study.db'}: cannot read the study (DatabaseError"),
+    ]
+    for args, message in cases:
+        proc = export_cli(*args, "--trial", "0", "--name", "ascan_test_x", "--zoo-dir", str(zoo_dir))
+        assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
+        assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
+    assert not zoo_dir.exists()
+
+
+def test_zoo_dir_that_is_a_file_and_an_overlong_name_are_one_line_and_exit_2(study, study_dir: Path, tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture):
+    trial = str(front_trials(study)[0].number)
+    a_file = tmp_path / "not_a_folder"
+    a_file.write_text("x")
+    cases = [
+        (["--name", "ascan_test_x", "--zoo-dir", str(a_file)], f"error: --zoo-dir {a_file}: not a folder\n"),
+        (["--name", "ascan_test_x", "--zoo-dir", str(a_file / "below")],
+         f"error: {a_file / 'below'}: cannot write the export (Not a directory)\n"),
+        (["--name", "ascan_" + "x" * 300, "--zoo-dir", str(tmp_path / "zoo")],
+         "error: --name ascan_xxxxxxxxxxxxxx...: 306 characters; at most 100\n"),
+    ]
+    for args, message in cases:
+        assert export_main([str(study_dir), "--trial", trial, *args]) == 2
+        captured = capsys.readouterr()
+        assert (captured.out, captured.err) == ("", message)
+    assert a_file.read_text() == "x" and not (tmp_path / "zoo").exists()

@@ -1,8 +1,14 @@
 """The AsCAN model zoo: named configs registered with timm.
 
 Built-in variants are `@register_model` factories below. Architectures exported from a
-search (`python -m search.export ...`) are YAML files in this folder; each is registered
+search (`python -m search.export ...`) are YAML files in a zoo folder; each is registered
 with timm when `ascan` is imported, so `timm.create_model("ascan_<name>")` builds it.
+
+Zoo folders, read in this order (`zoo_dirs()`): this package's folder (files shipped with
+ascan), then the folders of `$ASCAN_ZOO_DIR` (os.pathsep-separated) if it is set, else the
+per-user zoo `$XDG_DATA_HOME/ascan-search/zoo` (by default `~/.local/share/ascan-search/zoo`).
+A bad file is skipped with one warning naming it: zoo files are read with a size, nesting
+and alias limit, because every `import ascan` reads them.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from yaml.composer import ComposerError
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..config import ArchConfig
@@ -74,9 +81,12 @@ def ascan_large(pretrained: bool = False, **kwargs: Any) -> AsCAN:
 
 
 # ----------------------------------------------------------------- exported architectures
-ZOO_DIR_ENV = "ASCAN_ZOO_DIR"  # extra zoo folders (os.pathsep-separated), read after this one
+ZOO_DIR_ENV = "ASCAN_ZOO_DIR"  # zoo folders (os.pathsep-separated) read instead of the per-user one
 BUILTIN_NAMES = frozenset(ZOO_CONFIGS)
 EXPORTED: dict[str, ZooFile] = {}  # exported models registered with timm in this process, by name
+MAX_FILE_BYTES = 64 * 1024  # an export is ~3 KB; a bigger file is not one
+MAX_DEPTH = 16  # an export nests 4 levels deep
+MAX_REASON_CHARS = 300  # a skipped file's reason is quoted in one warning line, so it is bounded
 
 
 @dataclass(frozen=True)
@@ -95,10 +105,23 @@ class ZooFile:
         return path if path.is_file() else None
 
 
+def user_zoo_dir() -> Path:
+    """The per-user zoo (XDG base-directory rule): `$XDG_DATA_HOME/ascan-search/zoo`, else
+    `~/.local/share/ascan-search/zoo`. Exports go here unless `$ASCAN_ZOO_DIR` is set."""
+    data_home = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(data_home) if os.path.isabs(data_home) else Path.home() / ".local" / "share"
+    return base / "ascan-search" / "zoo"
+
+
+def user_zoo_dirs() -> list[Path]:
+    """The writable zoo folders: those of `$ASCAN_ZOO_DIR` if set, else the per-user zoo."""
+    from_env = [Path(p) for p in os.environ.get(ZOO_DIR_ENV, "").split(os.pathsep) if p]
+    return from_env or [user_zoo_dir()]
+
+
 def zoo_dirs() -> list[Path]:
-    """Where zoo YAML files are read from: this package's folder, then `$ASCAN_ZOO_DIR`."""
-    extra = [Path(p) for p in os.environ.get(ZOO_DIR_ENV, "").split(os.pathsep) if p]
-    return [ZOO_DIR, *extra]
+    """Where zoo YAML files are read from: this package's folder, then `user_zoo_dirs()`."""
+    return [ZOO_DIR, *user_zoo_dirs()]
 
 
 def read_zoo_file(path: Path) -> ZooFile:
@@ -110,23 +133,59 @@ def read_zoo_file(path: Path) -> ZooFile:
         raise ValueError(f"{path}: {err}") from None
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` without aliases and with bounded nesting. Aliases let a few hundred
+    bytes expand to gigabytes (a "billion laughs"), and deep nesting overflows PyYAML's
+    recursive composer; an export needs neither."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise ComposerError(None, None, "aliases (*name) are not allowed", self.peek_event().start_mark)
+        if self.depth >= MAX_DEPTH:
+            raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():  # a FIFO or device would block or never end
+        raise ValueError("not a regular file")
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise ValueError(f"unreadable ({err.strerror})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ValueError(f"larger than {MAX_FILE_BYTES // 1024} KiB, not a zoo file")
+    try:
+        return yaml.load(raw.decode("utf-8"), Loader=_BoundedLoader)  # a SafeLoader subclass
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ValueError(f"unreadable YAML: {where}{getattr(err, 'problem', None) or err}") from None
+
+
 def _parse_zoo_file(path: Path) -> ZooFile:
     name = path.stem
     if not (name.startswith("ascan_") and name.isidentifier()):
         raise ValueError("the file name must be 'ascan_<name>.yaml', the name a Python identifier")
     if name in BUILTIN_NAMES:
         raise ValueError(f"{name} is a built-in model and cannot be redefined")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"unreadable YAML ({' '.join(str(err).split())})") from None
+    data = _read_yaml(path)
     if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
         raise ValueError("expected a mapping with a 'config:' section")
     if data.get("name", name) != name:
         raise ValueError(f"name {data['name']!r} does not match the file name")
     try:
         config = ArchConfig.from_dict(data["config"])  # its ValueError names the bad field
-    except TypeError as err:  # e.g. a mapping where a number belongs
+    except (ValueError, TypeError, OverflowError) as err:  # e.g. a mapping where a number belongs, or `.inf`
         raise ValueError(f"config: {err}") from None
     provenance = data.get("provenance") or {}
     if not isinstance(provenance, dict):
@@ -180,7 +239,10 @@ def load_zoo(dirs: list[Path] | None = None) -> dict[str, ZooFile]:
             try:
                 register_zoo_file(path)
             except ValueError as err:
-                warnings.warn(f"ascan zoo: skipping {err}", stacklevel=2)
+                reason = " ".join(str(err).split())  # one line, whatever the file held
+                if len(reason) > MAX_REASON_CHARS:
+                    reason = reason[:MAX_REASON_CHARS] + "..."
+                warnings.warn(f"ascan zoo: skipping {reason}", stacklevel=2)
     return dict(EXPORTED)
 
 
