@@ -31,6 +31,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ascan import ArchConfig, zoo
 
+from .record import TrialRecord
+from .replicates import ReplicateStore
 from .report import StudyFolderError, is_feasible, objective_names, open_study_dir
 
 MAX_NAME_CHARS = 100  # with its suffixes, a file name must stay under the usual 255-byte limit
@@ -112,36 +114,38 @@ def finished_trial(study: optuna.Study, trials: list[FrozenTrial], number: int, 
         span = f"0..{len(trials) - 1}" if trials else "none yet"
         raise ExportError(f"--trial {number}: no such trial in study {study.study_name} (trials: {span})")
     trial = trials[number]
+    record = TrialRecord.load(trial)
     if trial.state == TrialState.FAIL:
-        reason = trial.user_attrs.get("failure_reason", "no reason recorded")
+        reason = record.failure_reason or "no reason recorded"
         raise ExportError(f"--trial {number}: the trial failed ({reason}); pick a finished trial")
     if trial.state != TrialState.COMPLETE:
         raise ExportError(f"--trial {number}: the trial is {trial.state.name}, not finished")
-    if "target_config" not in trial.user_attrs:
+    if record.target_config is None:
         raise ExportError(f"--trial {number}: no target_config recorded; was this study made by search?")
     if not is_feasible(trial) and not force:
-        reason = trial.user_attrs.get("infeasible_reason", "over budget")
+        reason = record.infeasible_reason or "over budget"
         raise ExportError(f"--trial {number}: infeasible ({reason}), never trained; use --force to export it anyway")
     return trial
 
 
 def zoo_record(study: optuna.Study, trial: FrozenTrial, name: str, study_dir: Path) -> dict[str, Any]:
     """What the zoo file holds: the exact target config and where it came from."""
-    attrs = trial.user_attrs
-    config = ArchConfig.from_dict(attrs["target_config"])
-    if attrs.get("arch_hash") not in (None, config.arch_hash):
-        raise ExportError(f"--trial {trial.number}: recorded hash {attrs['arch_hash']} does not match its config "
+    record = TrialRecord.load(trial)
+    config = ArchConfig.from_dict(record.target_config)
+    if record.arch_hash not in ("", config.arch_hash):
+        raise ExportError(f"--trial {trial.number}: recorded hash {record.arch_hash} does not match its config "
                           f"({config.arch_hash}); the study was made by another version of ascan")
-    values = dict(zip(objective_names(study), trial.values))
-    metrics = {"accuracy": values.get("accuracy"), **{k: attrs.get(k) for k in METRIC_KEYS if k in attrs}}
+    estimate = ReplicateStore(study).estimate(trial)
+    refined = {"accuracy_mean": estimate.mean, "accuracy_se": estimate.se, "replicates": estimate.n} if estimate else {}
+    metrics = {**{k: getattr(record, k) for k in METRIC_KEYS}, **refined}
     metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
     provenance = {
         "study": study.study_name, "study_dir": str(Path(study_dir).resolve()), "trial": trial.number,
         "space": study.user_attrs.get("space"), "objectives": objective_names(study),
-        "layout": attrs.get("layout", config.layout), "family": attrs.get("family"), "arch_hash": config.arch_hash,
-        "feasible": is_feasible(trial), "metrics": metrics, "proxy_config": attrs.get("proxy_config"),
-        "device": attrs.get("profile_fingerprint"), "profile_settings": attrs.get("profile_settings"),
-        "reused_from": attrs.get("reused_from"),
+        "layout": record.layout or config.layout, "family": record.family or None, "arch_hash": config.arch_hash,
+        "feasible": is_feasible(trial), "metrics": metrics, "proxy_config": record.proxy_config,
+        "device": record.profile_fingerprint, "profile_settings": record.profile_settings,
+        "reused_from": record.reused_from,
         "trial_finished": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

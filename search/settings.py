@@ -83,7 +83,7 @@ class ProfileOverrides:
 
 @dataclass
 class RunSettings:
-    space: str = MISSING  # a spec name in spaces/ or a path to a YAML file
+    space: str = MISSING  # a spec name (looked up in $ASCAN_SPACES, then the shipped specs) or a path to a YAML file
     executor: str = "ray"  # ray | inline
     results_dir: str = "results"
     dry_run: bool = False
