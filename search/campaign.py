@@ -10,6 +10,7 @@ import math
 import signal
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,8 @@ from .lock import StudyLock, StudyLocked
 from .proxy import preset as proxy_preset
 from .record import REUSED, TrialRecord
 from .refine import RefineSettings, Refiner
-from .report import ReferencePoint, front_frame, front_trials, format_front, hypervolume, write_trials_csv
+from .report import (HV_LATENCY_MULTIPLE, ReferencePoint, c1_reference, front_frame, front_trials, format_front,
+                     hypervolume, study_reference, write_trials_csv)
 from .settings import RunSettings, to_yaml
 from .space import SearchSpace, SpecError, describe, load_space
 from .spec import Budget
@@ -41,7 +43,18 @@ def study_name_for(space: SearchSpace, settings: RunSettings) -> str:
 
 
 def reference_point(space: SearchSpace) -> ReferencePoint:
+    """The space's declared hypervolume reference: used until the study has timed C1."""
     return ReferencePoint(latency_ms=space.reference_latency_ms)
+
+
+def record_reference(study: optuna.Study, space: SearchSpace) -> ReferencePoint:
+    """Fix the study's hypervolume reference once C1 is timed (see `report.c1_reference`), and
+    say in the study which it is, so every later report uses the same."""
+    reference = study_reference(study, reference_point(space))
+    if "hv_reference_latency_ms" not in study.user_attrs and c1_reference(study) is not None:
+        study.set_user_attr("hv_reference_latency_ms", reference.latency_ms)
+        study.set_user_attr("hv_reference", f"{HV_LATENCY_MULTIPLE:g} x the latency of the paper's C1 in this study")
+    return reference
 
 
 @dataclass
@@ -163,7 +176,8 @@ class Campaign:
 
     def _drive(self, study: optuna.Study, executor) -> None:
         settings = self.driver_settings(executor)
-        progress = Progress(study, reference_point(self.space), self.n_trials)
+        progress = Progress(study, lambda: record_reference(study, self.space), self.n_trials,
+                            on_trial=self.write_reports)
         driver = Driver(study, self.storage, self.space, executor, settings, on_status=progress, sole_driver=True)
         driver.run()
         self.refine(study, executor, driver.scheduler.capacity, settings)
@@ -194,12 +208,17 @@ class Campaign:
     def cache_path(self) -> Path:
         return Path(self.settings.profile.cache or Path(self.settings.results_dir) / "profile_cache.sqlite")
 
+    def write_reports(self) -> tuple[Path, Path]:
+        """Rewrite `trials.csv` and `dashboard.html` from the storage (each atomically)."""
+        csv = write_trials_csv(self.study, self.folder / "trials.csv")
+        dashboard = write_dashboard(self.study, self.folder / "dashboard.html", record_reference(self.study, self.space))
+        return csv, dashboard
+
     def finish(self, interrupted: bool) -> str:
         study = getattr(self, "study", None)
         if study is None:
             return ""
-        csv = write_trials_csv(study, self.folder / "trials.csv")
-        dashboard = write_dashboard(study, self.folder / "dashboard.html", reference_point(self.space))
+        csv, dashboard = self.write_reports()
         finished = finished_trials(study)
         reused = sum(TrialRecord.load(t).status == REUSED for t in finished)
         lines = [] if interrupted else [
@@ -232,21 +251,53 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 class Progress:
-    """Prints one line per finished trial: done/total, running, front size, hypervolume, ETA."""
+    """Shows a search as it goes: one line per event (a plain log where stdout is not a
+    terminal, a tqdm bar above the lines where it is), with done/total, trainings running,
+    front size, hypervolume and an ETA that counts the work in flight. After a trial ends it
+    rewrites `trials.csv` and `dashboard.html` (`on_trial`), at most every `write_every_s`."""
 
-    def __init__(self, study: optuna.Study, reference: ReferencePoint, total: int, stream=None):
+    def __init__(self, study: optuna.Study, reference: Callable[[], ReferencePoint], total: int,
+                 on_trial: Callable[[], object] = lambda: None, stream=None, write_every_s: float = 30.0):
         self.study, self.reference, self.total = study, reference, total
+        self.on_trial, self.write_every_s = on_trial, write_every_s
         self.stream = stream or sys.stdout
         self.start_finished = len(finished_trials(study))
+        self.last_write = -math.inf
+        self.bar = None
+        if getattr(self.stream, "isatty", lambda: False)():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=self.start_finished, unit="trial", file=self.stream,
+                            dynamic_ncols=True, leave=False)
+
+    def eta(self, status: Status) -> float:
+        """Seconds left: finished trials set the pace, and each training in flight counts as
+        the share of a trial that its elapsed time is of the mean trial time."""
+        done_now = status.finished - self.start_finished
+        if done_now <= 0:
+            return math.nan
+        per_trial = status.elapsed_s / done_now
+        in_flight = sum(min(0.9, age / per_trial) for age in status.training_ages_s)
+        return max(0.0, (status.total - status.finished - in_flight) * per_trial)
 
     def __call__(self, status: Status) -> None:
-        done_now = status.finished - self.start_finished
-        remaining = max(0, status.total - status.finished)
-        eta = status.elapsed_s / done_now * remaining if done_now > 0 else math.nan
         front = len(front_trials(self.study))
-        hv = hypervolume(self.study, self.reference)
-        print(f"[{status.finished:>3}/{status.total}] {status.event} | running {status.running} | front {front} "
-              f"| HV {hv:.3f} | {_clock(status.elapsed_s)} elapsed, ETA {_clock(eta)}", file=self.stream, flush=True)
+        hv = hypervolume(self.study, self.reference())
+        line = (f"[{status.finished:>3}/{status.total}] {status.event} | running {status.running} | front {front} "
+                f"| HV {hv:.3f} | {_clock(status.elapsed_s)} elapsed, ETA {_clock(self.eta(status))}")
+        if self.bar is not None:
+            self.bar.n = status.finished
+            self.bar.set_postfix_str(f"front {front}, HV {hv:.3f}", refresh=False)
+            self.bar.write(line)
+        else:
+            print(line, file=self.stream, flush=True)
+        if time.monotonic() - self.last_write >= self.write_every_s:
+            self.last_write = time.monotonic()
+            self.on_trial()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _clock(seconds: float) -> str:

@@ -28,8 +28,10 @@ import yaml
 from plotly.offline import get_plotlyjs
 
 from .objectives import OBJECTIVES, Objective
-from .report import (ReferencePoint, StudyFolderError, front_frame, hypervolume_history, objective_names,
-                     open_study_dir, trials_frame)
+from .record import TrialRecord
+from .report import (ReferencePoint, StudyFolderError, c1_reference, front_frame, front_trials, hypervolume_history,
+                     objective_names, open_study_dir, study_reference, trials_frame)
+from .space import PAPER_C1, PAPER_SYMMETRIC
 
 FAMILY_COLOURS = {"asymmetric": "#d1495b", "symmetric": "#2e86ab"}
 OTHER_COLOUR = "#7a7a7a"
@@ -37,10 +39,12 @@ MUTED_GREY = "#b0b0b0"
 GROUPS = ("front", "dominated", "infeasible", "not timed")
 PLOT_IDS = ("pareto", "hypervolume", "macs-latency", "t-placement")
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+REFERENCE_NAMES = {"-".join(PAPER_C1): "paper's C1", "-".join(PAPER_SYMMETRIC): "paper's symmetric example"}
 P90 = Objective("latency_p90", "minimize", "latency_p90_ms", "p90 (ms)")  # a column, not an objective
 # What the plots read; a study made by hand may lack some (then they are blank, not errors).
-NEEDED_COLUMNS = ["accuracy", "latency_ms", "latency_p90_ms", "macs", "params", "layout", "family", "t_per_stage",
-                  "arch_hash", "feasible"]
+NEEDED_COLUMNS = ["accuracy", "accuracy_mean", "accuracy_se", "replicates", "latency_ms", "latency_p90_ms",
+                  "latency_iqr_ms", "latency_ci_low_ms", "latency_ci_high_ms", "macs", "params", "layout", "family",
+                  "t_per_stage", "arch_hash", "feasible", "reference"]
 
 
 # ----------------------------------------------------------------- data
@@ -52,7 +56,8 @@ def finished_frame(study: optuna.Study) -> pd.DataFrame:
     frame = frame[frame["state"] == "COMPLETE"].reindex(columns=list(dict.fromkeys([*frame, *NEEDED_COLUMNS])))
     if frame.empty:
         return frame
-    on_front = {t.number for t in study.best_trials}  # duplicates of a front architecture too
+    front_archs = {TrialRecord.load(t).arch_hash for t in front_trials(study)}
+    on_front = set(frame.loc[frame["arch_hash"].isin(front_archs), "number"])  # reused duplicates too
     frame["family"] = frame["family"].fillna("unknown")
     frame["group"] = [
         "front" if number in on_front else "not timed" if not math.isfinite(latency)
@@ -61,6 +66,14 @@ def finished_frame(study: optuna.Study) -> pd.DataFrame:
     # Never trained, so no accuracy: drawn at 0, the value the sampler was told.
     untrained = frame["group"].isin(["infeasible", "not timed"])
     frame.loc[untrained, "accuracy"] = frame.loc[untrained, "accuracy"].fillna(0.0)
+    # Plotted: the refined accuracy (mean over replicates) with its standard error, and the
+    # latency with its confidence interval (or, for older measurements, the IQR as a spread).
+    frame["y"] = frame["accuracy_mean"].fillna(frame["accuracy"])
+    frame["y_err"] = frame["accuracy_se"].fillna(0.0)
+    low, high = frame["latency_ci_low_ms"], frame["latency_ci_high_ms"]
+    spread = frame["latency_iqr_ms"].fillna(0.0) / 2
+    frame["x_err_minus"] = (frame["latency_ms"] - low).fillna(spread).clip(lower=0)
+    frame["x_err_plus"] = (high - frame["latency_ms"]).fillna(spread).clip(lower=0)
     frame["hover"] = [_hover(row) for row in frame.to_dict("records")]
     return frame
 
@@ -100,24 +113,37 @@ def pareto_figure(frame: pd.DataFrame) -> go.Figure:
     largest = float(frame["params"].max()) if frame["params"].notna().any() else 0.0
     front = frame[frame["group"] == "front"].sort_values("latency_ms")
     if len(front):
-        fig.add_trace(go.Scatter(x=front["latency_ms"], y=front["accuracy"], mode="lines", line_shape="hv",
+        fig.add_trace(go.Scatter(x=front["latency_ms"], y=front["y"], mode="lines", line_shape="hv",
                                  line=dict(color="#333", width=1, dash="dot"), hoverinfo="skip", name="front line"))
     for group in GROUPS:
         for family, part in frame[frame["group"] == group].groupby("family", sort=True):
             muted = group != "front"
-            x = [edge] * len(part) if group == "not timed" else part["latency_ms"]
+            timed = group != "not timed"
+            x = part["latency_ms"] if timed else [edge] * len(part)
+            colour = FAMILY_COLOURS.get(family, OTHER_COLOUR)
             fig.add_trace(go.Scatter(
-                x=x, y=part["accuracy"], mode="markers", name=f"{group} · {family} ({len(part)})",
+                x=x, y=part["y"], mode="markers", name=f"{group} · {family} ({len(part)})",
                 text=part["hover"], hovertemplate="%{text}<extra></extra>",
+                error_y=dict(type="data", array=part["y_err"], visible=True, thickness=1, width=3, color=colour),
+                error_x=dict(type="data", array=part["x_err_plus"], arrayminus=part["x_err_minus"],
+                             visible=timed, thickness=1, width=3, color=colour),
                 marker=dict(size=_marker_sizes(part["params"], largest),
-                            color=FAMILY_COLOURS.get(family, OTHER_COLOUR), opacity=0.35 if muted else 0.95,
+                            color=colour, opacity=0.35 if muted else 0.95,
                             symbol={"infeasible": "diamond-open", "not timed": "x"}.get(group, "circle"),
                             line=dict(width=0 if muted else 1.5, color="#222"))))
     if (frame["group"] == "not timed").any():
         fig.add_vline(x=edge, line=dict(color=MUTED_GREY, dash="dash"), annotation_text="not timed",
                       annotation_position="top left")
-    fig.update_layout(title="Accuracy vs latency: every finished trial (marker area ~ params)",
-                      xaxis_title="latency, median (ms)", yaxis_title="proxy accuracy", legend_title="group · family")
+    # The paper's reference layouts, as annotations (they are markers of their groups already).
+    references = frame[(frame["reference"] == True) & frame["latency_ms"].map(math.isfinite)]  # noqa: E712
+    for row in references.drop_duplicates("arch_hash").to_dict("records"):
+        name = REFERENCE_NAMES.get(row["layout"], "paper's reference")
+        fig.add_annotation(x=row["latency_ms"], y=row["y"], text=f"{name}<br>{row['layout']}", showarrow=True,
+                           arrowhead=2, ax=40, ay=-40, font=dict(size=11), bgcolor="rgba(255,255,255,0.8)")
+    fig.update_layout(title="Accuracy vs latency: every finished trial (marker area ~ params; bars: accuracy ± SE, "
+                            "latency CI)",
+                      xaxis_title="latency, median (ms)", yaxis_title="proxy accuracy (mean of replicates)",
+                      legend_title="group · family")
     return fig
 
 
@@ -183,19 +209,27 @@ def front_table(front: pd.DataFrame, objectives: list[str], export_hint: str) ->
         return "<p>No feasible finished trial yet: the front is empty.</p>"
     shown = [OBJECTIVES[name] for name in objectives]
     shown += [o for o in (P90, OBJECTIVES["macs"], OBJECTIVES["params"]) if o not in shown]
-    columns = ["trial", "layout", "family", *(o.label for o in shown), "T per stage", "export"]
+    columns = ["trial", "layout", "family", *(o.label for o in shown), "tied with", "T per stage", "export"]
     head = "".join(f'<th data-col="{i}">{html.escape(c)}</th>' for i, c in enumerate(columns))
     rows = []
     for row in front.to_dict("records"):
         command = export_hint.format(trial=row["number"])
         cells = [(row["number"], str(row["number"])), (row["layout"], _copyable(row["layout"])),
                  (row["family"], html.escape(str(row["family"]))),
-                 *((row.get(o.field), o.format(row.get(o.field))) for o in shown),
+                 *(_cell(row, o) for o in shown), (row.get("tied_with") or "", html.escape(row.get("tied_with") or "")),
                  (row["t_per_stage"], html.escape(str(row["t_per_stage"]))), (command, _copyable(command))]
         rows.append("<tr>" + "".join(f'<td data-value="{html.escape(str(v))}">{shown}</td>' for v, shown in cells)
                     + "</tr>")
     return (f'<table id="front-table"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
             '<p class="hint">Click a column to sort; click a layout or command to copy it.</p>')
+
+
+def _cell(row: dict, objective: Objective) -> tuple[object, str]:
+    """An objective's (sort value, shown text); accuracy as the refined mean ± SE (n)."""
+    if objective.field == "accuracy" and isinstance(row.get("accuracy_mean"), float):
+        mean, se, n = row["accuracy_mean"], row["accuracy_se"], int(row["replicates"])
+        return mean, f"{mean:.4f} ± {se:.4f} (n={n})"
+    return row.get(objective.field), objective.format(row.get(objective.field))
 
 
 def _copyable(text: str) -> str:
@@ -210,11 +244,12 @@ def _summary(study: optuna.Study, frame: pd.DataFrame, history: pd.DataFrame, re
     facts = {
         "study": study.study_name, "space": study.user_attrs.get("space", "?"),
         "objectives": ", ".join(study.user_attrs.get("objectives", [])),
-        "finished": len(frame), "on the front": int((frame["group"] == "front").sum()) if len(frame) else 0,
+        "finished": len(frame),
+        "on the front": frame.loc[frame["group"] == "front", "arch_hash"].nunique() if len(frame) else 0,
         "infeasible": int(frame["group"].isin(["infeasible", "not timed"]).sum()) if len(frame) else 0,
         "failed": int(states.get("FAIL", 0)), "running": int(states.get("RUNNING", 0)),
         "hypervolume": f"{history['hypervolume'].iloc[-1]:.4f}" if len(history) else "0",
-        "HV reference latency": f"{reference.latency_ms:g} ms", "latency measured on": device or "?",
+        "HV reference latency": f"{reference.latency_ms:.1f} ms ({study.user_attrs.get('hv_reference', 'as given')})", "latency measured on": device or "?",
         "rendered": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     return "".join(f"<div><span>{html.escape(k)}</span><b>{html.escape(str(v))}</b></div>" for k, v in facts.items())
@@ -237,8 +272,14 @@ def render_dashboard(study: optuna.Study, reference: ReferencePoint, study_dir: 
         title=html.escape(f"AsCAN search: {study.study_name}"), plotlyjs=get_plotlyjs(), n_plots=len(figures),
         finished=len(frame), summary=_summary(study, frame, history, reference),
         plots=plots or "<p>No finished trial yet.</p>",
-        table=front_table(frame.loc[list(front_frame(study)["number"])] if len(frame) else frame,
-                          objective_names(study), hint))
+        table=front_table(_front_rows(study, frame), objective_names(study), hint))
+
+
+def _front_rows(study: optuna.Study, frame: pd.DataFrame) -> pd.DataFrame:
+    if frame.empty:
+        return frame
+    front = front_frame(study).set_index("number", drop=False)
+    return frame.loc[list(front.index)].assign(tied_with=front["tied_with"])
 
 
 def write_dashboard(study: optuna.Study, path: Path, reference: ReferencePoint) -> Path:
@@ -253,10 +294,13 @@ def write_dashboard(study: optuna.Study, path: Path, reference: ReferencePoint) 
 
 # ----------------------------------------------------------------- reading a study folder
 def reference_for(folder: Path, study: optuna.Study, latency_ms: float | None = None) -> ReferencePoint:
-    """The hypervolume reference: as given, else the study's space's `report: reference_latency_ms`
+    """The hypervolume reference: as given, else the study's own (recorded, or 2 x its C1's
+    latency: `report.study_reference`), else the study's space's `report: reference_latency_ms`
     (the space is found from `config.yaml` in the folder, else the study's `space` attribute)."""
     if latency_ms is not None:
         return ReferencePoint(latency_ms=latency_ms)
+    if "hv_reference_latency_ms" in study.user_attrs or c1_reference(study) is not None:
+        return study_reference(study, ReferencePoint(latency_ms=math.inf))
     from .space import SpecError, load_space  # only the command line needs to read specs
 
     config = Path(folder) / "config.yaml"

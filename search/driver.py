@@ -87,6 +87,7 @@ class Plan:
     job: Job | None = None
     twin_of: "Plan | None" = None
     since: int = 0  # when it entered its stage (a counter): queues are first come, first served
+    started: float = 0.0  # time.monotonic() when it entered its stage
 
     @property
     def label(self) -> str:
@@ -100,6 +101,7 @@ class Status:
     running: int
     elapsed_s: float
     event: str = ""
+    training_ages_s: tuple[float, ...] = ()  # how long each running training has run
 
 
 class Scheduler:
@@ -246,12 +248,12 @@ class Driver:
         return self._finished() + len(self.plans) < self.settings.n_trials
 
     def _status(self, event: str) -> None:
-        training = sum(p.stage is Stage.TRAINING for p in self.plans)
-        self.on_status(Status(self._finished(), self.settings.n_trials, training,
-                              time.monotonic() - self.started, event))
+        now = time.monotonic()
+        ages = tuple(now - p.started for p in self.plans if p.stage is Stage.TRAINING)
+        self.on_status(Status(self._finished(), self.settings.n_trials, len(ages), now - self.started, event, ages))
 
     def _move(self, plan: Plan, stage: Stage) -> None:
-        plan.stage, plan.since = stage, next(self.clock)
+        plan.stage, plan.since, plan.started = stage, next(self.clock), time.monotonic()
         if stage.done:
             self.plans.remove(plan)
 

@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from .objectives import OBJECTIVES
 from .record import TrialRecord, record_fields
 from .replicates import ReplicateStore
+from .space import PAPER_C1
 
 # Shown beside the objectives in a front table.
 FRONT_EXTRAS = ["latency_p90_ms", "macs", "params"]
@@ -66,6 +67,30 @@ class ReferencePoint:
 
     def normalise(self, accuracy: float, latency_ms: float) -> tuple[float, float]:
         return 1.0 - accuracy, latency_ms / self.latency_ms
+
+
+HV_LATENCY_MULTIPLE = 2.0  # the hypervolume reference latency, in multiples of C1's latency
+
+
+def c1_reference(study: optuna.Study) -> ReferencePoint | None:
+    """The hypervolume reference measured in the study itself: latency at `HV_LATENCY_MULTIPLE`
+    times the paper's C1 (enqueued first in every study whose space holds it). Latency is
+    then normalised by a network timed on the same machine, so studies on different hardware
+    compare, and a slow or loaded machine does not push every trial past the reference."""
+    c1 = "-".join(PAPER_C1)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        record = TrialRecord.load(trial)
+        if record.layout == c1 and record.latency_ms:
+            return ReferencePoint(latency_ms=HV_LATENCY_MULTIPLE * record.latency_ms)
+    return None
+
+
+def study_reference(study: optuna.Study, fallback: ReferencePoint) -> ReferencePoint:
+    """The reference recorded in the study, else C1's, else `fallback` (the space's own)."""
+    recorded = study.user_attrs.get("hv_reference_latency_ms")
+    if recorded:
+        return ReferencePoint(latency_ms=float(recorded))
+    return c1_reference(study) or fallback
 
 
 def objective_names(study: optuna.Study) -> list[str]:
