@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 NODE_ID_LABEL = "ray.io/node-id"  # a label Ray gives every node; selectors can exclude one
 
@@ -75,6 +75,7 @@ class Job:
         return value
 
 
+@runtime_checkable
 class Executor(Protocol):
     """What the driver needs from a place to run jobs (`InlineExecutor`, `RayExecutor`)."""
 
@@ -90,7 +91,8 @@ class Executor(Protocol):
 
     def submit_exclusive(self, fn: Callable[..., Any], *args: Any, name: str) -> Job:
         """Start `fn(*args)` alone on the profiling node: it waits until that node is idle,
-        and no other job starts there until it is done."""
+        and no other job starts there until it is done. One at a time. Raises
+        `ResourceUnavailable` when the profiling node is gone and no other node fits."""
 
     def profile_threads(self) -> int:
         """CPU count of the profiling node (the thread count its measurements use)."""
@@ -168,7 +170,7 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, temp_dir: Path | None = None, *,
                  profile_node: str | None = None, profile_resources: dict[str, float] | None = None,
-                 pending_timeout_s: float = 30.0, connect_timeout_s: float = 5.0):
+                 pending_timeout_s: float = 30.0, connect_timeout_s: float = 10.0):
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         import ray
 
@@ -251,12 +253,15 @@ class RayExecutor:
 
     def submit(self, fn: Callable[..., Any], *args: Any, name: str, num_cpus: float = 1, num_gpus: float = 0) -> Job:
         options: dict[str, Any] = {}
-        avoid = None
-        if self._exclusive is not None and self._exclusive.outcome is None and self.trains_beside_profiling():
-            # Keep it off the profiling node, which the exclusive job is waiting for or using.
-            avoid = self._exclusive.node
-            options["label_selector"] = {NODE_ID_LABEL: f"!{avoid}"}
         resources = {"CPU": float(num_cpus), "GPU": float(num_gpus)}
+        avoid = None
+        if self._exclusive is not None and self._exclusive.outcome is None:
+            # Keep it off the profiling node, which the exclusive job is waiting for or using,
+            # if another node can run it at all (else it waits for the profile to finish).
+            elsewhere = Job(name, resources=resources, avoid=self._exclusive.node)
+            if any(_fits(elsewhere, node) for node in self.nodes()):
+                avoid = self._exclusive.node
+                options["label_selector"] = {NODE_ID_LABEL: f"!{avoid}"}
         return self._launch(fn, args, name, resources, options, avoid=avoid)
 
     def submit_exclusive(self, fn: Callable[..., Any], *args: Any, name: str) -> Job:
@@ -330,6 +335,8 @@ class RayExecutor:
                     f"ask for less (ray.trial_cpus/ray.trial_gpus) or add a node that has it")
 
     def cancel(self, job: Job) -> None:
+        if job is self._exclusive:
+            self._exclusive = None
         if job.outcome is None:
             self._ray.cancel(job.handle, force=True)
 
@@ -351,9 +358,10 @@ def _connect(ray: Any, address: str | None, num_cpus: int | None, temp_dir: Path
         raise ClusterUnreachable(f"no Ray cluster answers at ray.address={address}: "
                                  f"check the address (the head prints it after `ray start --head`) and that "
                                  f"the head is running (`ray status --address={address}`)")
-    # Ray's C++ client retries a refused login for about 20 s, printing a line per try; keep
-    # that out of the user's terminal and read it to name the cause.
-    with _stderr_captured() as captured:
+    # Ray's client retries a refused login about once a second, 20 times by default, each
+    # printing a line: bound the tries (Ray's operator knob for this window, read at connect
+    # time) and keep the lines out of the user's terminal, reading them to name the cause.
+    with _stderr_captured() as captured, _environment("RAY_gcs_server_port_wait_time_s", f"{timeout_s:.0f}"):
         try:
             ray.init(address=address, runtime_env=_code_runtime_env(), **options)
             return
@@ -388,6 +396,19 @@ def _answers(address: str, timeout: float) -> bool:
             return True
     except (OSError, ValueError):
         return False
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """Set an environment variable for the duration of the block (unless the user set it)."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 @contextlib.contextmanager

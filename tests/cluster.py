@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,7 +38,7 @@ class Cluster:
 
         Ray's daemons carry their node's temp dir on the command line; workers and agents
         retitle themselves (`ray::IDLE`), so they are found as children of those daemons."""
-        table = _process_table()
+        table = process_table()
         marks = [f"{self.root / name}/" for name in ([node] if node else ["head", "w2"])]
         ours = {pid for pid, (_, args) in table.items() if any(mark in args for mark in marks)}
         grew = True
@@ -85,6 +86,7 @@ def two_node_cluster(base: Path | None = None) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _ray_start(env: dict[str, str], args: list[str]) -> None:
@@ -102,7 +104,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _process_table() -> dict[int, tuple[int, str]]:
+def process_table() -> dict[int, tuple[int, str]]:
     """PID -> (parent PID, command line) of every process (from /proc)."""
     table = {}
     for entry in Path("/proc").iterdir():

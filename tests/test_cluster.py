@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from cluster import Cluster, _process_table, two_node_cluster
+from cluster import Cluster, process_table, two_node_cluster
 from search import jobs
 from search.data import load_dataset
-from search.executor import ClusterUnreachable, RayExecutor, ResourceUnavailable
+from search.executor import (ClusterUnreachable, Executor, InlineExecutor, RayExecutor,
+                             ResourceUnavailable)
 from search.profile import LatencySettings
 from search.space import load_space
 from studies import REPO, write_tiny_space
@@ -53,6 +54,7 @@ def _wait_all(executor: RayExecutor, pending: list, timeout: float = 240) -> Non
 
 
 def test_profiling_holds_one_node_while_the_other_trains(cluster: Cluster, executor: RayExecutor, tmp_path: Path):
+    assert isinstance(executor, Executor) and isinstance(InlineExecutor(), Executor)
     assert executor.total_cpus == 2 and executor.profile_threads() == 1 and executor.trains_beside_profiling()
     space = load_space(write_tiny_space(tmp_path))
     candidates = space.enumerate()[:2]
@@ -134,7 +136,7 @@ def test_connection_failures_are_one_line_and_quick(cluster: Cluster):
     assert time.monotonic() - started < 10
     # Joining the token-protected head without the token: one line naming the fix.
     script = ("from search.executor import RayExecutor, ClusterUnreachable\n"
-              f"try:\n    RayExecutor({cluster.address!r})\n"
+              f"try:\n    RayExecutor({cluster.address!r}, connect_timeout_s=3)\n"
               "except ClusterUnreachable as err:\n    print('ERROR', err)\n")
     env = {k: v for k, v in cluster.env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     started = time.monotonic()
@@ -171,6 +173,8 @@ try:
     lost.result()
 except WorkerLost as err:
     print("LOST", round(time.monotonic() - killed, 1), err)
+for job in naps:
+    executor.cancel(job)  # free the head for the retry
 retry = executor.submit(nap, 0, name="retry")
 while not executor.wait([retry], 1.0):
     pass
@@ -201,5 +205,5 @@ def test_a_killed_node_loses_its_job_and_a_stopped_cluster_is_lost(cluster: Clus
     assert float(lines["CLUSTER_LOST"].split()[1]) < 30
     # The stop took only this cluster's processes.
     assert cluster.processes() == {}
-    assert bystander.poll() is None and "raylet" in _process_table()[bystander.pid][1]
+    assert bystander.poll() is None and "raylet" in process_table()[bystander.pid][1]
     bystander.kill()
