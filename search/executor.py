@@ -1,18 +1,29 @@
 """Where work runs: in this process, or as Ray tasks on a local or remote cluster.
 
 An executor runs a function with its arguments somewhere and hands back the result; it
-knows nothing of models or trials. The driver decides *what* runs when (for instance that
-latency profiling gets the whole machine): an executor only reports its total resources and
-honours each job's request.
+knows nothing of models or trials. The driver decides *what* runs when; an executor honours
+each job's resource request and offers one special kind of job, `submit_exclusive`: a job
+that runs alone on one whole node (latency profiling), while other nodes keep working.
+
+Failures the driver must tell apart:
+- `JobFailed`: the function raised (the trial failed; no retry helps);
+- `WorkerLost`: the process or node running it died (a retry elsewhere may succeed);
+- `ClusterError` and its kinds: the cluster itself cannot go on (`ClusterUnreachable`,
+  `ResourceUnavailable`, `ClusterLost`). Stop the search with the message: one line with the fix.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import socket
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+
+NODE_ID_LABEL = "ray.io/node-id"  # a label Ray gives every node; selectors can exclude one
 
 
 class WorkerLost(RuntimeError):
@@ -23,13 +34,38 @@ class JobFailed(RuntimeError):
     """The job's function raised; the message carries the original error."""
 
 
+class ClusterError(RuntimeError):
+    """The cluster cannot run the search; the message is one line that says what to fix."""
+
+
+class ClusterUnreachable(ClusterError):
+    """Joining the cluster failed (nothing answers at the address, or authentication)."""
+
+
+class ResourceUnavailable(ClusterError):
+    """A job waits for resources that no node of the cluster offers."""
+
+
+class ClusterLost(ClusterError):
+    """The cluster went away during the run (its head stopped, or every node died)."""
+
+
 @dataclass(eq=False)
 class Job:
-    """A submitted call. `outcome` is set once it is done: ('ok', value) or ('error', exception)."""
+    """A submitted call. `outcome` is set once it is done: ('ok', value) or ('error', exception).
+
+    `resources` is what it asked for, `node` the node it is pinned to (None: any), `avoid` a
+    node it must not use, and `submitted_at` (monotonic seconds) when: together they tell a
+    job that waits for its turn from one that waits for a node that does not exist.
+    """
 
     name: str
     handle: Any = None
     outcome: tuple[str, Any] | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+    node: str | None = None
+    avoid: str | None = None
+    submitted_at: float = field(default_factory=time.monotonic)
 
     def result(self) -> Any:
         """The function's return value; raises `JobFailed` or `WorkerLost` for a failed job."""
@@ -39,21 +75,38 @@ class Job:
         return value
 
 
+@runtime_checkable
 class Executor(Protocol):
-    """Where the driver's jobs run. `submit` asks for a share of the resources; a job from
-    `submit_exclusive` has a whole machine to itself (latency is measured there)."""
+    """What the driver needs from a place to run jobs (`InlineExecutor`, `RayExecutor`)."""
 
     total_cpus: float
     total_gpus: float
 
-    def capacity(self, num_cpus: float, num_gpus: float) -> int: ...
+    def capacity(self, num_cpus: float, num_gpus: float) -> int:
+        """How many jobs of this size can run at once."""
 
     def submit(self, fn: Callable[..., Any], *args: Any, name: str, num_cpus: float = 1,
-               num_gpus: float = 0) -> Job: ...
+               num_gpus: float = 0) -> Job:
+        """Start `fn(*args)` somewhere with these resources; never blocks."""
 
-    def submit_exclusive(self, fn: Callable[..., Any], *args: Any, name: str) -> Job: ...
+    def submit_exclusive(self, fn: Callable[..., Any], *args: Any, name: str) -> Job:
+        """Start `fn(*args)` alone on the profiling node: it waits until that node is idle,
+        and no other job starts there until it is done. One at a time. Raises
+        `ResourceUnavailable` when the profiling node is gone and no other node fits."""
 
-    def wait(self, jobs: list[Job], timeout: float) -> list[Job]: ...
+    def profile_threads(self) -> int:
+        """CPU count of the profiling node (the thread count its measurements use)."""
+
+    def trains_beside_profiling(self) -> bool:
+        """True when other nodes can run jobs while an exclusive job holds the profiling node."""
+
+    def put(self, value: Any) -> Any:
+        """A handle for big read-only data shared by many jobs; pass it as a job argument."""
+
+    def wait(self, jobs: list[Job], timeout: float) -> list[Job]:
+        """The jobs of `jobs` that are done, after at most `timeout` seconds.
+
+        Raises `ResourceUnavailable` or `ClusterLost` when the cluster cannot go on."""
 
     def cancel(self, job: Job) -> None: ...
 
@@ -79,7 +132,16 @@ class InlineExecutor:
         return job
 
     def submit_exclusive(self, fn: Callable[..., Any], *args: Any, name: str) -> Job:
-        return self.submit(fn, *args, name=name)
+        return self.submit(fn, *args, name=name)  # jobs run one at a time here anyway
+
+    def profile_threads(self) -> int:
+        return int(self.total_cpus)
+
+    def trains_beside_profiling(self) -> bool:
+        return False
+
+    def put(self, value: Any) -> Any:
+        return value
 
     def wait(self, jobs: list[Job], timeout: float) -> list[Job]:
         return [job for job in jobs if job.outcome is not None]
@@ -94,48 +156,145 @@ class InlineExecutor:
 class RayExecutor:
     """Runs jobs as Ray tasks with `num_cpus`/`num_gpus` requests.
 
-    Starts a local cluster (its files under `temp_dir`) or joins `address`. Ray's own task
-    retries are off: a dead worker surfaces as `WorkerLost` so the driver can record the
-    failure on the trial and decide about a retry itself.
+    Starts a local cluster (its files under `temp_dir`) or joins the one at `address`; joining,
+    it ships this project's code to the workers (`runtime_env` `py_modules`), so a node needs
+    only Python and the pinned packages. Ray's own task retries are off: a dead worker
+    surfaces as `WorkerLost` so the driver can record the failure and decide about a retry.
+
+    The profiling node is the node whose hardware latencies are measured on: the one named
+    by `profile_node` (node id, or a prefix of it, IP or host name), else one offering every
+    custom resource in `profile_resources` (e.g. `{"deploy_gpu": 1}`), else the driver's own.
+    A job that waits longer than `pending_timeout_s` for resources no node offers raises
+    `ResourceUnavailable`.
     """
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, temp_dir: Path | None = None):
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, temp_dir: Path | None = None, *,
+                 profile_node: str | None = None, profile_resources: dict[str, float] | None = None,
+                 pending_timeout_s: float = 30.0, connect_timeout_s: float = 10.0):
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         import ray
 
         self._ray = ray
+        self.pending_timeout_s = pending_timeout_s
+        self._wanted_node = profile_node
+        self._wanted_resources = dict(profile_resources or {})
+        self._remote_cache: dict[Callable[..., Any], Any] = {}
+        self._exclusive: Job | None = None  # the job holding the profiling node, while it runs or waits
+        self._checked_at = 0.0
         if not ray.is_initialized():
-            options: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-            if address:
-                ray.init(address=address, **options)
-            else:
-                if temp_dir is not None:
-                    options["_temp_dir"] = _short_path(temp_dir)
-                ray.init(num_cpus=num_cpus, **options)
+            _connect(ray, address, num_cpus, temp_dir, connect_timeout_s)
+        self._address = address or "the local cluster"
         resources = ray.cluster_resources()
         self.total_cpus = float(resources.get("CPU", 1))
         self.total_gpus = float(resources.get("GPU", 0))
-        self._remote_cache: dict[Callable[..., Any], Any] = {}
+        try:
+            self._profile_node = self._find_profile_node(wait_s=pending_timeout_s)
+        except ResourceUnavailable:
+            ray.shutdown()  # leave no half-made connection behind
+            raise
 
+    # ------------------------------------------------------------------ nodes
+    def nodes(self) -> list[dict[str, Any]]:
+        """The cluster's live nodes, as Ray describes them (`NodeID`, `Resources`, ...)."""
+        return [node for node in self._ray.nodes() if node["Alive"]]
+
+    def _is_profile_node(self, node: dict[str, Any]) -> bool:
+        wanted = self._wanted_node
+        if wanted and not (node["NodeID"].startswith(wanted) or wanted in (
+                node.get("NodeManagerAddress"), node.get("NodeManagerHostname"), node.get("NodeName"))):
+            return False
+        return all(node["Resources"].get(key, 0) >= amount for key, amount in self._wanted_resources.items())
+
+    def _find_profile_node(self, wait_s: float) -> dict[str, Any]:
+        """The profiling node; waits up to `wait_s` for one to join (nodes may still be starting)."""
+        here = self._ray.get_runtime_context().get_node_id()
+        deadline = time.monotonic() + wait_s
+        while True:
+            nodes = self.nodes()
+            fitting = sorted((n for n in nodes if self._is_profile_node(n)), key=lambda n: n["NodeID"] != here)
+            if fitting:
+                return fitting[0]
+            if time.monotonic() >= deadline:
+                wanted = ", ".join(filter(None, [self._wanted_node and f"node {self._wanted_node}",
+                                                 self._wanted_resources and _format(self._wanted_resources)]))
+                raise ResourceUnavailable(f"profiling asks for {wanted}: no node of the cluster at "
+                                          f"{self._address} has it ({_describe_nodes(nodes)}); start a node that does "
+                                          f"(`ray start --resources=...`) or change profile.node/profile.resources")
+            time.sleep(0.5)
+
+    def _profiling_node(self) -> dict[str, Any]:
+        """The profiling node if still alive, else another that fits (the same rules)."""
+        alive = {n["NodeID"]: n for n in self.nodes()}
+        node = alive.get(self._profile_node["NodeID"])
+        if node is None:
+            node = self._profile_node = self._find_profile_node(wait_s=0)
+        return node
+
+    @property
+    def profile_node_id(self) -> str:
+        """The Ray node id of the profiling node (recorded by each profile as `node_id`)."""
+        return self._profile_node["NodeID"]
+
+    # ------------------------------------------------------------------ the protocol
     def capacity(self, num_cpus: float, num_gpus: float) -> int:
         by_cpu = int(self.total_cpus // num_cpus) if num_cpus else 1 << 30
         by_gpu = int(self.total_gpus // num_gpus) if num_gpus else 1 << 30
         return max(1, min(by_cpu, by_gpu))
 
+    def profile_threads(self) -> int:
+        return max(1, int(self._profile_node["Resources"].get("CPU", 1)))
+
+    def trains_beside_profiling(self) -> bool:
+        others = [n for n in self.nodes() if n["NodeID"] != self._profile_node["NodeID"]]
+        return any(n["Resources"].get("CPU", 0) > 0 for n in others)
+
+    def put(self, value: Any) -> Any:
+        return self._ray.put(value)
+
     def submit(self, fn: Callable[..., Any], *args: Any, name: str, num_cpus: float = 1, num_gpus: float = 0) -> Job:
-        remote = self._remote_cache.setdefault(fn, self._ray.remote(fn))
-        handle = remote.options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0, name=name).remote(*args)
-        return Job(name, handle)
+        options: dict[str, Any] = {}
+        resources = {"CPU": float(num_cpus), "GPU": float(num_gpus)}
+        avoid = None
+        if self._exclusive is not None and self._exclusive.outcome is None:
+            # Keep it off the profiling node, which the exclusive job is waiting for or using,
+            # if another node can run it at all (else it waits for the profile to finish).
+            elsewhere = Job(name, resources=resources, avoid=self._exclusive.node)
+            if any(_fits(elsewhere, node) for node in self.nodes()):
+                avoid = self._exclusive.node
+                options["label_selector"] = {NODE_ID_LABEL: f"!{avoid}"}
+        return self._launch(fn, args, name, resources, options, avoid=avoid)
 
     def submit_exclusive(self, fn: Callable[..., Any], *args: Any, name: str) -> Job:
-        return self.submit(fn, *args, name=name, num_cpus=self.total_cpus, num_gpus=self.total_gpus)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        node = self._profiling_node()
+        # Asking for every CPU and GPU of the node is what keeps other jobs off it while this runs.
+        resources = {"CPU": float(node["Resources"].get("CPU", 0)), "GPU": float(node["Resources"].get("GPU", 0))}
+        strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+        job = self._launch(fn, args, name, resources, {"scheduling_strategy": strategy}, node=node["NodeID"])
+        self._exclusive = job
+        return job
+
+    def _launch(self, fn: Callable[..., Any], args: tuple, name: str, resources: dict[str, float],
+                options: dict[str, Any], node: str | None = None, avoid: str | None = None) -> Job:
+        remote = self._remote_cache.setdefault(fn, self._ray.remote(fn))
+        handle = remote.options(num_cpus=resources["CPU"], num_gpus=resources["GPU"], max_retries=0, name=name,
+                                **options).remote(*args)
+        return Job(name, handle, resources={k: v for k, v in resources.items() if v}, node=node, avoid=avoid)
 
     def wait(self, jobs: list[Job], timeout: float) -> list[Job]:
         pending = {job.handle: job for job in jobs if job.outcome is None}
+        lost = False
         if pending:
             ready, _ = self._ray.wait(list(pending), num_returns=len(pending), timeout=timeout)
             for ref in ready:
-                pending[ref].outcome = self._fetch(ref)
+                job = pending.pop(ref)
+                job.outcome = self._fetch(ref)
+                lost = lost or isinstance(job.outcome[1], WorkerLost)
+        if lost:
+            self._check_cluster()
+        if pending:
+            self._check_feasible(list(pending.values()))
         return [job for job in jobs if job.outcome is not None]
 
     def _fetch(self, ref: Any) -> tuple[str, Any]:
@@ -148,13 +307,148 @@ class RayExecutor:
         except exceptions.RayError as err:  # the worker or its node died, or the task was cancelled
             return ("error", WorkerLost(_describe(err)))
 
+    def _check_cluster(self) -> None:
+        """Raise `ClusterLost` when no node is left: then every job would fail the same way."""
+        gcs = self._ray.get_runtime_context().gcs_address
+        if not _answers(gcs, timeout=2.0):
+            raise ClusterLost(f"lost the Ray cluster at {self._address}: its head ({gcs}) no longer answers; "
+                              f"restart the cluster and re-run the same command to resume")
+        if not self.nodes():
+            raise ClusterLost(f"lost the Ray cluster at {self._address}: no node is alive; "
+                              f"restart the nodes and re-run the same command to resume")
+
+    def _check_feasible(self, pending: list[Job]) -> None:
+        """Raise `ResourceUnavailable` for a job that has waited `pending_timeout_s` for
+        resources that no live node has in total (a job merely queued behind others is fine)."""
+        now = time.monotonic()
+        overdue = [job for job in pending if now - job.submitted_at > self.pending_timeout_s]
+        if not overdue or now - self._checked_at < min(5.0, self.pending_timeout_s):
+            return
+        self._checked_at = now
+        nodes = self.nodes()
+        for job in overdue:
+            if not any(_fits(job, node) for node in nodes):
+                where = f" on node {job.node[:8]}" if job.node else ""
+                raise ResourceUnavailable(
+                    f"job {job.name} has waited {now - job.submitted_at:.0f} s for {_format(job.resources)}{where}, "
+                    f"which no node of the cluster at {self._address} offers ({_describe_nodes(nodes)}); "
+                    f"ask for less (ray.trial_cpus/ray.trial_gpus) or add a node that has it")
+
     def cancel(self, job: Job) -> None:
+        if job is self._exclusive:
+            self._exclusive = None
         if job.outcome is None:
             self._ray.cancel(job.handle, force=True)
 
     def shutdown(self) -> None:
         if self._ray.is_initialized():
             self._ray.shutdown()
+
+
+# ---------------------------------------------------------------------------- connecting
+def _connect(ray: Any, address: str | None, num_cpus: int | None, temp_dir: Path | None, timeout_s: float) -> None:
+    """`ray.init`, with each way joining can fail turned into one `ClusterUnreachable` line."""
+    options: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    if not address:
+        if temp_dir is not None:
+            options["_temp_dir"] = _short_path(temp_dir)
+        ray.init(num_cpus=num_cpus, **options)
+        return
+    if address != "auto" and not _answers(address, timeout_s):
+        raise ClusterUnreachable(f"no Ray cluster answers at ray.address={address}: "
+                                 f"check the address (the head prints it after `ray start --head`) and that "
+                                 f"the head is running (`ray status --address={address}`)")
+    # Ray's client retries a refused login about once a second, 20 times by default, each
+    # printing a line: bound the tries (Ray's operator knob for this window, read at connect
+    # time) and keep the lines out of the user's terminal, reading them to name the cause.
+    with _stderr_captured() as captured, _environment("RAY_gcs_server_port_wait_time_s", f"{timeout_s:.0f}"):
+        try:
+            ray.init(address=address, runtime_env=_code_runtime_env(), **options)
+            return
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
+            failure, log = err, captured.read_text(errors="replace")
+    if "InvalidAuthToken" in log or "uthentication" in str(failure):
+        fix = ("the token differs from the head's: give the head's token (RAY_AUTH_TOKEN, or copy its "
+               "~/.ray/auth_token)" if os.environ.get("RAY_AUTH_MODE") == "token" else
+               "the cluster requires token authentication: set RAY_AUTH_MODE=token and the head's token "
+               "(RAY_AUTH_TOKEN, or copy its ~/.ray/auth_token)")
+        raise ClusterUnreachable(f"could not join the Ray cluster at {address}: {fix}") from None
+    raise ClusterUnreachable(f"could not join the Ray cluster at {address}: {_describe(failure)} "
+                             f"(is it the same Ray version, {ray.__version__}?)") from None
+
+
+def _code_runtime_env() -> dict[str, Any]:
+    """Ship `ascan` and `search` to every worker of a cluster we join: nodes need only Python
+    and the pinned packages, not a checkout at the same path."""
+    import ascan
+
+    import search
+
+    folders = [str(Path(module.__file__).parent) for module in (ascan, search)]
+    return {"py_modules": folders, "excludes": ["__pycache__", "*.pyc"]}
+
+
+def _answers(address: str, timeout: float) -> bool:
+    """True when something accepts a TCP connection at `host:port`."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """Set an environment variable for the duration of the block (unless the user set it)."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[Path]:
+    """Send this process's file descriptor 2 to a temporary file (C++ libraries write there
+    directly, past Python's `sys.stderr`)."""
+    handle, name = tempfile.mkstemp(prefix="ascan-ray-connect-", suffix=".log")
+    saved = os.dup(2)
+    os.dup2(handle, 2)
+    try:
+        yield Path(name)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(handle)
+        Path(name).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------- helpers
+def _fits(job: Job, node: dict[str, Any]) -> bool:
+    if job.node is not None and node["NodeID"] != job.node:
+        return False
+    if job.avoid is not None and node["NodeID"] == job.avoid:
+        return False
+    return all(node["Resources"].get(key, 0) >= amount for key, amount in job.resources.items())
+
+
+def _format(resources: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{key}: {amount:g}" for key, amount in resources.items()) + "}"
+
+
+def _describe_nodes(nodes: list[dict[str, Any]]) -> str:
+    if not nodes:
+        return "no node is alive"
+    shown = []
+    for node in nodes:
+        offer = {k: v for k, v in node["Resources"].items()
+                 if not k.startswith("node:") and k not in ("memory", "object_store_memory")}
+        shown.append(f"{node['NodeID'][:8]} {_format(offer)}")
+    return "nodes: " + "; ".join(shown)
 
 
 def _describe(err: BaseException) -> str:

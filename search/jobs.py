@@ -1,43 +1,65 @@
 """The two expensive steps of a trial, as plain functions of plain data.
 
-They run wherever the executor puts them (this process or a Ray worker), so arguments and
-results are dicts and strings: nothing that needs the driver's objects. Each worker process
-keeps its loaded dataset (see `search.data.load_dataset`), so only the first job pays for it.
+They run wherever the executor puts them (this process or a Ray worker, maybe on another
+machine), so arguments and results are plain data: dicts, strings, and the dataset (which
+the driver loads once and hands over through the executor's object store). Each result says
+where and when it ran (`node_id`, `host`, `started_at`, `finished_at`), so a study shows
+which machine did what and whether jobs overlapped.
 """
 from __future__ import annotations
 
+import socket
+import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ascan import ArchConfig
 
+if TYPE_CHECKING:
+    from .data import ImageDataset
+
 
 def profile_target(target: dict[str, Any], settings: dict[str, Any], cache_path: str | None) -> dict[str, Any]:
-    """Params, MACs and latency of the target network (cached by architecture and machine).
+    """Params, MACs and latency of the target network (cached by architecture and machine),
+    with where and when it ran.
 
-    The driver runs this with the whole device reserved, so nothing else shares it.
+    The driver runs this with a whole node reserved (`submit_exclusive`), so nothing else
+    shares it; `settings["num_threads"]` should be that node's CPU count.
     """
     from .profile import LatencySettings, ProfileCache, profile_config
 
+    started_at = time.time()
     cache = ProfileCache(cache_path) if cache_path else None
     result = profile_config(ArchConfig.from_dict(target), LatencySettings.from_dict(settings), cache)
-    return result.to_dict()
+    return {**result.to_dict(), **where_am_i(), "started_at": started_at, "finished_at": time.time()}
 
 
-def train_candidate(proxy: dict[str, Any], data_name: str, data_root: str | None,
+def train_candidate(proxy: dict[str, Any], data: "str | ImageDataset", data_root: str | None,
                     settings: dict[str, Any]) -> dict[str, Any]:
     """Short proxy training; returns a `ProxyResult` as a dict (failures included, not raised),
-    with wall-clock start and end times so overlapping trials can be seen."""
+    with where it ran and its wall-clock start and end times, so overlapping trials can be seen.
+
+    `data` is the loaded dataset (what the driver `put` into the object store: Ray hands the
+    task the value) or a dataset name, then loaded here from `data_root` on this machine.
+    """
     from .data import load_dataset, make_split
     from .proxy import ProxySettings, train_proxy
 
     started_at = time.time()
     proxy_settings = ProxySettings(**settings)
-    dataset = load_dataset(data_name, data_root)
+    dataset = load_dataset(data, data_root) if isinstance(data, str) else data
     split = make_split(dataset, val_size=proxy_settings.val_size, seed=proxy_settings.data_seed,
                        train_size=proxy_settings.train_size)
     result = train_proxy(ArchConfig.from_dict(proxy), split, proxy_settings).to_dict()
-    return {**result, "started_at": started_at, "finished_at": time.time()}
+    return {**result, **where_am_i(), "started_at": started_at, "finished_at": time.time()}
+
+
+def where_am_i() -> dict[str, str]:
+    """This process's Ray node id (`"local"` outside a Ray worker) and host name."""
+    ray = sys.modules.get("ray")  # a Ray worker has imported it; elsewhere don't pay for the import
+    in_ray = ray is not None and ray.is_initialized()
+    node_id = ray.get_runtime_context().get_node_id() if in_ray else "local"
+    return {"node_id": node_id, "host": socket.gethostname()}
 
 
 def cheap_metrics(target: ArchConfig) -> dict[str, float]:
