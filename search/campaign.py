@@ -21,7 +21,7 @@ import optuna
 from .dashboard import write_dashboard
 from .data import DataError, load_dataset
 from .driver import Driver, DriverSettings, Status
-from .executor import InlineExecutor, RayExecutor
+from .executor import ClusterError, InlineExecutor, RayExecutor
 from .lock import StudyLock, StudyLocked
 from .proxy import preset as proxy_preset
 from .record import REUSED, TrialRecord
@@ -66,6 +66,7 @@ class Campaign:
     storage_url: str
     num_classes: int
     in_chans: int
+    dataset: Any = None  # loaded once here; trainings get it through the executor (`put`)
 
     @classmethod
     def from_settings(cls, settings: RunSettings) -> "Campaign":
@@ -82,7 +83,7 @@ class Campaign:
         name = study_name_for(space, settings)
         folder = Path(settings.results_dir) / name
         storage = settings.search.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
-        return cls(settings, space, name, folder, storage, dataset.num_classes, dataset.in_chans)
+        return cls(settings, space, name, folder, storage, dataset.num_classes, dataset.in_chans, dataset)
 
     # ------------------------------------------------------------------ pieces
     def describe(self) -> str:
@@ -105,11 +106,11 @@ class Campaign:
         except ValueError as err:
             raise BadInput(f"proxy: {err}") from None
 
-    def latency_settings(self, total_cpus: float) -> dict[str, Any]:
+    def latency_settings(self, threads: int) -> dict[str, Any]:
         target, profile = self.space.target, self.settings.profile
         return dict(device=profile.device or target.device, batch_size=profile.batch_size or target.batch_size,
                     img_size=target.img_size, dtype=target.dtype, channels_last=target.channels_last,
-                    compile=target.compile, num_threads=max(1, int(total_cpus)),
+                    compile=target.compile, num_threads=max(1, int(threads)),
                     min_time_s=profile.min_time_s, min_iters=profile.min_iters)
 
     def budget(self) -> Budget:
@@ -118,11 +119,18 @@ class Campaign:
         return dataclasses.replace(self.space.budget, **given)
 
     def make_executor(self):
+        """The executor, connected: a cluster that cannot be reached, or that has no node for
+        the profiling request, is a one-line `BadInput` before anything is written."""
         if self.settings.executor == "inline":
             return InlineExecutor()
-        ray = self.settings.ray
-        # Ray's files stay under results/ (a short path: Ray's socket paths must fit 107 bytes).
-        return RayExecutor(ray.address, ray.num_cpus, Path(self.settings.results_dir) / ".ray")
+        ray, profile = self.settings.ray, self.settings.profile
+        try:
+            # Ray's files stay under results/ (a short path: Ray's socket paths must fit 107 bytes).
+            return RayExecutor(ray.address, ray.num_cpus, Path(self.settings.results_dir) / ".ray",
+                               profile_node=profile.node, profile_resources=dict(profile.resources) or None,
+                               pending_timeout_s=ray.pending_timeout_s)
+        except ClusterError as err:
+            raise BadInput(str(err)) from None
 
     # ------------------------------------------------------------------ running
     @property
@@ -169,8 +177,8 @@ class Campaign:
         s = self.settings
         return DriverSettings(
             n_trials=self.n_trials, objectives=list(s.search.objectives), budget=self.budget(),
-            data_name=s.data.name, data_root=s.data.root, proxy_settings=self.proxy_settings(),
-            latency_settings=self.latency_settings(executor.total_cpus), cache_path=str(self.cache_path()),
+            data=executor.put(self.dataset), proxy_settings=self.proxy_settings(),
+            latency_settings=self.latency_settings(executor.profile_threads()), cache_path=str(self.cache_path()),
             num_classes=self.num_classes, in_chans=self.in_chans, max_retries=s.search.max_retries,
             trial_cpus=s.ray.trial_cpus, trial_gpus=self._trial_gpus(executor), max_concurrent=s.ray.max_concurrent)
 
@@ -186,8 +194,7 @@ class Campaign:
     def train_args(driver: DriverSettings) -> Callable[[optuna.trial.FrozenTrial, int], tuple]:
         """The arguments of `jobs.train_candidate` for one more replicate of a trial."""
         def args(trial: optuna.trial.FrozenTrial, seed: int) -> tuple:
-            return (TrialRecord.load(trial).proxy_config, driver.data_name, driver.data_root,
-                    {**driver.proxy_settings, "seed": seed})
+            return TrialRecord.load(trial).proxy_config, driver.data, None, {**driver.proxy_settings, "seed": seed}
 
         return args
 

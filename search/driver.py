@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ascan import ArchConfig
 
 from . import jobs
-from .executor import Executor, Job, JobFailed, WorkerLost
+from .executor import ClusterError, Executor, Job, JobFailed, WorkerLost
 from .record import FAILED, INFEASIBLE, INTERRUPTED, REUSED, TRAINED, TrialRecord
 from .space import Candidate, SearchSpace
 from .spec import Budget
@@ -60,8 +60,7 @@ class DriverSettings:
     n_trials: int
     objectives: list[str]
     budget: Budget
-    data_name: str
-    data_root: str | None
+    data: Any  # the dataset, or the executor's handle for it (`Executor.put`)
     proxy_settings: dict[str, Any]
     latency_settings: dict[str, Any]
     cache_path: str | None
@@ -113,8 +112,9 @@ class Scheduler:
     lets one window serve several candidates, so the drain before it is paid rarely.
     """
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, trains_beside_profiling: bool = False):
         self.capacity = capacity
+        self.beside = trains_beside_profiling  # other nodes train while one profiles
         self.window_open = False
 
     def next(self, plans: list[Plan]) -> tuple[list[Plan], Plan | None]:
@@ -126,7 +126,7 @@ class Scheduler:
         if self.window_open and not waiting and not profiling:
             self.window_open = False
         to_train: list[Plan] = []
-        if not self.window_open:
+        if not self.window_open or self.beside:
             to_train = ready[: max(0, self.capacity - training)]
             self.window_open = bool(waiting) and len(to_train) == len(ready)
         to_profile = waiting[0] if self.window_open and waiting and not profiling else None
@@ -202,7 +202,7 @@ class Driver:
         self.sole_driver = sole_driver
         self.on_status = on_status or (lambda status: None)
         capacity = settings.max_concurrent or executor.capacity(settings.trial_cpus, settings.trial_gpus)
-        self.scheduler = Scheduler(capacity)
+        self.scheduler = Scheduler(capacity, executor.trains_beside_profiling())
         self.recorder = Recorder(study, storage, settings.objectives, settings.budget, settings.max_retries)
         self.storage = storage
         self.plans: list[Plan] = []  # in flight: every stage but the final ones
@@ -234,7 +234,8 @@ class Driver:
                 self.recorder.heartbeat(self.plans)
             if self._finished() < self.settings.n_trials:
                 self._status(f"stopped: {self.failed_this_run} trials failed in this run (see failure_reason)")
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, ClusterError):
+            # Ctrl-C, SIGTERM or a lost cluster: nothing in flight can finish in this run.
             self._interrupt()
             raise
 
@@ -323,7 +324,8 @@ class Driver:
             params=profile["params"], macs=profile["macs"], latency_ms=profile["median_ms"],
             latency_p90_ms=profile["p90_ms"], latency_iqr_ms=profile["iqr_ms"], latency_samples=profile["n_samples"],
             peak_memory_bytes=profile.get("peak_memory_bytes"), profile_fingerprint=profile.get("fingerprint"),
-            profile_settings=profile.get("settings"))
+            profile_settings=profile.get("settings"), profile_node_id=profile.get("node_id"),
+            profile_host=profile.get("host"))
         if not self._over_budget(plan):
             self._move(plan, Stage.PROFILED)
 
@@ -332,8 +334,7 @@ class Driver:
         to_train, to_profile = self.scheduler.next(self.plans)
         for plan in to_train:
             plan.job = self.executor.submit(
-                jobs.train_candidate, plan.proxy.to_dict(), self.settings.data_name, self.settings.data_root,
-                self.settings.proxy_settings, name=f"train_trial_{plan.trial.number}",
+                jobs.train_candidate, plan.proxy.to_dict(), self.settings.data, None, self.settings.proxy_settings, name=f"train_trial_{plan.trial.number}",
                 num_cpus=self.settings.trial_cpus, num_gpus=self.settings.trial_gpus)
             self._move(plan, Stage.TRAINING)
         if to_profile is not None:
@@ -370,7 +371,8 @@ class Driver:
             images_per_sec=result["images_per_sec"], proxy_wall_time_s=result["wall_time_s"],
             epochs_done=result["epochs_done"], proxy_device=result["device"], proxy_seed=result.get("seed"),
             val_count=result.get("val_count"), val_correct=result.get("val_correct"),
-            train_started_at=result["started_at"], train_finished_at=result["finished_at"])
+            train_started_at=result["started_at"], train_finished_at=result["finished_at"],
+            train_node_id=result.get("node_id"), train_host=result.get("host"))
         if result["status"] != "ok":
             self._fail(plan, f"proxy training failed: {result['failure_reason']}", retry=False)
             return

@@ -46,6 +46,8 @@ class TrialRecord:
     peak_memory_bytes: float | None = None
     profile_fingerprint: dict[str, Any] | None = None
     profile_settings: dict[str, Any] | None = None
+    profile_node_id: str | None = None  # where latency was measured (a Ray node, or "local")
+    profile_host: str | None = None
     # Accuracy of the proxy network.
     trained: bool = False
     accuracy: float | None = None  # this trial's own training; refined estimates: search.replicates
@@ -60,6 +62,8 @@ class TrialRecord:
     proxy_device: str | None = None
     train_started_at: float | None = None
     train_finished_at: float | None = None
+    train_node_id: str | None = None
+    train_host: str | None = None
     # Outcome.
     status: str | None = None  # TRAINED | REUSED | INFEASIBLE | FAILED | INTERRUPTED
     infeasible_reason: str | None = None

@@ -46,6 +46,7 @@ class RaySettings:
     trial_cpus: float = 1.0  # CPUs per proxy training
     trial_gpus: Optional[float] = None  # GPUs per proxy training; default: 1 when the cluster has GPUs
     max_concurrent: Optional[int] = None  # default: as many as the resources allow
+    pending_timeout_s: float = 30.0  # a job no node can run is an error after this long
 
 
 @dataclass
@@ -79,6 +80,8 @@ class ProfileOverrides:
     min_time_s: float = 1.0
     min_iters: int = 10
     cache: Optional[str] = None  # default: results/profile_cache.sqlite, shared by studies
+    node: Optional[str] = None  # Ray: the node that measures latency (id prefix, IP or host); default: the driver's
+    resources: dict[str, float] = field(default_factory=dict)  # Ray: or the node with these custom resources
 
 
 @dataclass
