@@ -226,7 +226,8 @@ def front_table(front: pd.DataFrame, objectives: list[str], export_hint: str) ->
 
 def _cell(row: dict, objective: Objective) -> tuple[object, str]:
     """An objective's (sort value, shown text); accuracy as the refined mean ± SE (n)."""
-    if objective.field == "accuracy" and isinstance(row.get("accuracy_mean"), float):
+    mean = row.get("accuracy_mean")
+    if objective.field == "accuracy" and isinstance(mean, float) and math.isfinite(mean):
         mean, se, n = row["accuracy_mean"], row["accuracy_se"], int(row["replicates"])
         return mean, f"{mean:.4f} ± {se:.4f} (n={n})"
     return row.get(objective.field), objective.format(row.get(objective.field))
