@@ -1,0 +1,32 @@
+"""The Python API, used as the README shows it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from search.settings import SettingsError
+
+
+def test_run_returns_the_study_front_trials_and_dashboard(tiny_space: Path, tmp_path: Path):
+    from search import run
+
+    result = run(str(tiny_space), n_trials=2, executor="inline", results_dir=str(tmp_path), preset="smoke",
+                 overrides={"profile.min_time_s": 0.05, "profile.min_iters": 3, "proxy.epochs": 1,
+                            "proxy.train_size": 128, "proxy.val_size": 100, "refine.trainings": 0})
+    assert len(result.study.trials) == 2 and len(result.trials) == 2
+    assert isinstance(result.front, pd.DataFrame) and len(result.front) >= 1
+    assert {"layout", "accuracy_mean", "accuracy_se", "latency_ms"} <= set(result.front.columns)
+    assert result.dashboard.is_file() and result.trials_csv.is_file()
+    assert result.folder == result.dashboard.parent
+
+
+def test_bad_settings_raise_before_anything_runs(tmp_path: Path):
+    from search import run
+
+    with pytest.raises(SettingsError, match="search.sampler"):
+        run("hybrid", sampler="tpee", results_dir=str(tmp_path))
+    with pytest.raises(TypeError, match="n_trial"):
+        run("hybrid", n_trial=3)
+    assert list(tmp_path.iterdir()) == []
