@@ -209,6 +209,8 @@ class Driver:
         self.failed_this_run = 0
         self.clock = itertools.count()
         self.started = time.monotonic()
+        self.channel = executor.channel()  # epoch progress from running trainings
+        self.channel.listener = self._progress
         self.by_arch = {t.user_attrs.get("arch_hash"): t for t in finished_trials(study)
                         if TrialRecord.load(t).trained}
         # Stages that run a job: what the job is called in messages, and what takes its result.
@@ -349,6 +351,8 @@ class Driver:
         running = sorted((p for p in self.plans if p.job is not None and p.stage in self.on_done),
                          key=lambda p: (stages.index(p.stage), p.since))
         done = set(self.executor.wait([p.job for p in running], timeout)) if running else set()
+        for message in self.channel.drain():
+            self._progress(message)
         for plan in [p for p in running if p.job in done]:
             job, plan.job = plan.job, None
             what, take = self.on_done[plan.stage]
@@ -361,6 +365,13 @@ class Driver:
                 self._fail(plan, f"{what} raised {err}", retry=False)
                 continue
             take(plan, result)
+
+    def _progress(self, message: tuple) -> None:
+        """An epoch of a running training ended."""
+        number, epoch, epochs, accuracy = message
+        plan = next((p for p in self.plans if p.trial.number == number), None)
+        if plan is not None and epoch < epochs:  # the last epoch's result comes with the trial's end
+            self._status(f"{plan.label}: epoch {epoch}/{epochs}, acc {accuracy:.3f} so far")
 
     def _profiled(self, plan: Plan, profile: dict[str, Any]) -> None:
         self._take_profile(plan, profile)

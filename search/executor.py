@@ -103,6 +103,9 @@ class Executor(Protocol):
     def put(self, value: Any) -> Any:
         """A handle for big read-only data shared by many jobs; pass it as a job argument."""
 
+    def channel(self) -> "Channel":
+        """A channel for small messages from running jobs (epoch progress) to the driver."""
+
     def wait(self, jobs: list[Job], timeout: float) -> list[Job]:
         """The jobs of `jobs` that are done, after at most `timeout` seconds.
 
@@ -111,6 +114,51 @@ class Executor(Protocol):
     def cancel(self, job: Job) -> None: ...
 
     def shutdown(self) -> None: ...
+
+
+class Channel(Protocol):
+    """Running jobs `put` small messages; the driver `drain`s them. Passed to jobs as an
+    argument, so it must survive pickling (Ray) or be shared (inline)."""
+
+    def put(self, item: Any) -> None: ...
+
+    def drain(self) -> list[Any]: ...
+
+
+class LocalChannel:
+    """A channel in this process; `listener` (if set) hears each message at once, since an
+    inline job runs to its end inside `submit`."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.listener: Callable[[Any], None] | None = None
+
+    def put(self, item: Any) -> None:
+        if self.listener is not None:
+            self.listener(item)
+        else:
+            self.items.append(item)
+
+    def drain(self) -> list[Any]:
+        items, self.items = self.items, []
+        return items
+
+
+class RayChannel:
+    """A channel through a Ray queue actor (no CPU reserved), reachable from any node."""
+
+    def __init__(self) -> None:
+        from ray.util.queue import Queue
+
+        self.queue = Queue(actor_options={"num_cpus": 0})
+        self.listener = None  # messages come through `drain` only
+
+    def put(self, item: Any) -> None:
+        self.queue.put_nowait(item)
+
+    def drain(self) -> list[Any]:
+        size = self.queue.qsize()
+        return self.queue.get_nowait_batch(size) if size else []
 
 
 class InlineExecutor:
@@ -142,6 +190,9 @@ class InlineExecutor:
 
     def put(self, value: Any) -> Any:
         return value
+
+    def channel(self) -> LocalChannel:
+        return LocalChannel()
 
     def wait(self, jobs: list[Job], timeout: float) -> list[Job]:
         return [job for job in jobs if job.outcome is not None]
@@ -250,6 +301,9 @@ class RayExecutor:
 
     def put(self, value: Any) -> Any:
         return self._ray.put(value)
+
+    def channel(self) -> RayChannel:
+        return RayChannel()
 
     def submit(self, fn: Callable[..., Any], *args: Any, name: str, num_cpus: float = 1, num_gpus: float = 0) -> Job:
         options: dict[str, Any] = {}

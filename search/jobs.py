@@ -35,12 +35,14 @@ def profile_target(target: dict[str, Any], settings: dict[str, Any], cache_path:
 
 
 def train_candidate(proxy: dict[str, Any], data: "str | ImageDataset", data_root: str | None,
-                    settings: dict[str, Any]) -> dict[str, Any]:
+                    settings: dict[str, Any], progress: Any = None, tag: Any = None) -> dict[str, Any]:
     """Short proxy training; returns a `ProxyResult` as a dict (failures included, not raised),
     with where it ran and its wall-clock start and end times, so overlapping trials can be seen.
 
     `data` is the loaded dataset (what the driver `put` into the object store: Ray hands the
     task the value) or a dataset name, then loaded here from `data_root` on this machine.
+    `progress` (an executor's `Channel`) receives `(tag, epoch, epochs, accuracy)` after
+    every epoch.
     """
     from .data import load_dataset, make_split
     from .proxy import ProxySettings, train_proxy
@@ -50,7 +52,11 @@ def train_candidate(proxy: dict[str, Any], data: "str | ImageDataset", data_root
     dataset = load_dataset(data, data_root) if isinstance(data, str) else data
     split = make_split(dataset, val_size=proxy_settings.val_size, seed=proxy_settings.data_seed,
                        train_size=proxy_settings.train_size)
-    result = train_proxy(ArchConfig.from_dict(proxy), split, proxy_settings).to_dict()
+    def on_epoch(epoch: int, accuracy: float) -> None:
+        if progress is not None:
+            progress.put((tag, epoch, proxy_settings.epochs, accuracy))
+
+    result = train_proxy(ArchConfig.from_dict(proxy), split, proxy_settings, on_epoch).to_dict()
     return {**result, **where_am_i(), "started_at": started_at, "finished_at": time.time()}
 
 
