@@ -23,6 +23,7 @@ from .data import DataError, load_dataset
 from .driver import Driver, DriverSettings, Status
 from .executor import ClusterError, InlineExecutor, RayExecutor
 from .lock import StudyLock, StudyLocked
+from .profile_cache import ProfileCache, ProfileError
 from .proxy import preset as proxy_preset
 from .record import REUSED, TrialRecord
 from .refine import RefineSettings, Refiner
@@ -163,6 +164,10 @@ class Campaign:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         executor = self.make_executor()
         try:
+            try:
+                ProfileCache(self.cache_path())  # an unreadable cache is bad input, found before any trial
+            except ProfileError as err:
+                raise BadInput(f"profile.cache: {err}") from None
             self.folder.mkdir(parents=True, exist_ok=True)
             with StudyLock(self.folder), sigterm_as_interrupt():
                 self.study = self.open_study()

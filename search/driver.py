@@ -163,8 +163,7 @@ class Recorder:
         retries = plan.record.retry_count
         retry = retry and retries < self.max_retries
         if retry:
-            self.study.enqueue_trial(plan.trial.params, user_attrs={"retry_of": plan.trial.number,
-                                                                    "retry_count": retries + 1})
+            self.study.enqueue_trial(plan.trial.params, user_attrs=plan.record.retry_attrs(plan.trial.number, 1))
         return retry
 
     def fail_orphans(self) -> int:
@@ -174,8 +173,7 @@ class Recorder:
         for trial in orphans:
             record = TrialRecord.load(trial)
             fail_orphan(self.storage, trial, {"failure_reason": ORPHAN_REASON, "status": INTERRUPTED})
-            self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number,
-                                                               "retry_count": record.retry_count})
+            self.study.enqueue_trial(trial.params, user_attrs=record.retry_attrs(trial.number, 0))
         return len(orphans)
 
     def interrupt(self, plan: Plan) -> None:
@@ -187,8 +185,7 @@ class Recorder:
             self.study.tell(plan.trial, state=TrialState.FAIL)
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
             return
-        self.study.enqueue_trial(plan.trial.params, user_attrs={"retry_of": plan.trial.number,
-                                                                "retry_count": plan.record.retry_count})
+        self.study.enqueue_trial(plan.trial.params, user_attrs=plan.record.retry_attrs(plan.trial.number, 0))
 
 
 class Driver:

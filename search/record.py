@@ -93,6 +93,11 @@ class TrialRecord:
         """Every field except the trial's identity: what a twin of the same architecture shares."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self.IDENTITY}
 
+    def retry_attrs(self, number: int, spent: int) -> dict[str, Any]:
+        """What a queued rerun of this trial (trial `number`) is enqueued with: its identity,
+        so a retried reference is still a reference, and the retries spent so far."""
+        return {"retry_of": number, "retry_count": self.retry_count + spent, "reference": self.reference}
+
     def update(self, **changes: Any) -> None:
         for key, value in changes.items():
             if not hasattr(self, key):

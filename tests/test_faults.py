@@ -1,0 +1,149 @@
+"""Faults a search must survive: SIGTERM, a killed driver, a second driver, a corrupt profile
+cache, a lost cluster. Real processes, real storage, real Ray."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.lock import StudyLock
+
+from cluster import two_node_cluster
+from studies import FAST, REPO, cli, complete, load
+
+TINY = [*FAST, "proxy.epochs=1", "proxy.train_size=128", "proxy.val_size=100", "refine.trainings=0"]
+
+
+def _start(args: list[str], results: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO / "run_search.py"), *args, f"results_dir={results}"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**(env or os.environ), "PYTHONUNBUFFERED": "1"})
+
+
+def _wait_for(proc: subprocess.Popen, prefix: str, timeout: float = 400) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith(prefix) or proc.poll() is not None:
+            return
+    pytest.fail(f"no line starting {prefix!r} within {timeout} s")
+
+
+def _no_running(study: optuna.Study) -> None:
+    assert TrialState.RUNNING not in {t.state for t in study.trials}
+
+
+def test_sigterm_stops_like_ctrl_c_and_the_rerun_resumes(tiny_space: Path, tmp_path: Path):
+    args = [f"space={tiny_space}", "executor=inline", "search.n_trials=3", *TINY]
+    proc = _start(args, tmp_path)
+    _wait_for(proc, "[  1/3]")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "re-run the same command to resume" in err
+    study = load(tmp_path, "tiny")
+    _no_running(study)
+    assert (next(tmp_path.glob("tiny*")) / "trials.csv").is_file()
+    cli(*args, results=tmp_path)
+    study = load(tmp_path, "tiny")
+    assert len(complete(study)) == 3
+    _no_running(study)
+
+
+def test_driver_killed_then_rerun_at_once_leaves_nothing_running(tiny_space: Path, tmp_path: Path):
+    args = [f"space={tiny_space}", "executor=inline", "search.n_trials=3", *TINY]
+    proc = _start(args, tmp_path)
+    _wait_for(proc, "[  1/3]")
+    proc.kill()  # kill -9: no cleanup at all, trials stay RUNNING in the storage
+    proc.wait(timeout=60)
+    assert TrialState.RUNNING in {t.state for t in load(tmp_path, "tiny").trials}
+    done = cli(*args, results=tmp_path)  # at once: well within the heartbeat grace period
+    assert "left running by a dead driver" in done.stdout
+    study = load(tmp_path, "tiny")
+    assert len(complete(study)) == 3
+    _no_running(study)
+    # The paper's references survive the kill, whichever of them was in flight.
+    assert {t.user_attrs["layout"] for t in complete(study) if t.user_attrs.get("reference")} == \
+        {"CC-CCCT-CCTT-CTTT", "CC-CCCC-CCTT-TTTT"}
+
+
+def test_a_second_driver_is_refused_naming_the_first(tiny_space: Path, tmp_path: Path):
+    folder = tmp_path / "tiny-cifar10-smoke-s0"
+    folder.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from search.lock import StudyLock; "
+                               f"StudyLock({str(folder)!r}).acquire(); print('held', flush=True); time.sleep(120)"],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = cli(f"space={tiny_space}", "executor=inline", "search.n_trials=1", *TINY, results=tmp_path,
+                   check=False, timeout=120)
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"another driver runs this study (pid {holder.pid}" in lines[0], proc.stderr
+        assert sorted(p.name for p in folder.iterdir()) == ["driver.lock"]  # nothing rewritten
+    finally:
+        holder.kill()
+        holder.wait()
+    # kill -9 released the lock: the next driver takes it and knows who ran before.
+    lock = StudyLock(folder).acquire()
+    assert lock.previous["pid"] == holder.pid
+    lock.release()
+
+
+def test_a_corrupt_profile_cache_is_one_line_and_creates_nothing(tiny_space: Path, tmp_path: Path):
+    cache = tmp_path / "cache.sqlite"
+    cache.write_bytes(b"this is not an SQLite database" * 100)
+    proc = cli(f"space={tiny_space}", "executor=inline", f"profile.cache={cache}", *TINY,
+               results=tmp_path / "results", check=False, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "profile.cache" in lines[0] and str(cache) in lines[0]
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").glob("tiny*"))
+
+
+@pytest.mark.slow
+def test_two_node_search_survives_a_lost_node_and_a_lost_cluster(tiny_space: Path, tmp_path: Path):
+    """On a real two-node cluster: trials train on both nodes; a killed second node's trial is
+    retried and the study completes; a cluster that vanishes stops the search with one line
+    and a non-zero exit, and a later run on a new cluster resumes it."""
+    results = tmp_path / "results"
+    args = [f"space={tiny_space}", "search.n_trials=4", "search.sampler=random", *TINY]
+    with two_node_cluster() as cluster:
+        proc = _start([*args, f"ray.address={cluster.address}", "ray.pending_timeout_s=20"], results, cluster.env)
+        _wait_for(proc, "[  1/4]")
+        os.kill(cluster.raylet_pid("w2"), signal.SIGKILL)  # the second node dies mid-search
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    study = load(results, "tiny")
+    done = complete(study)
+    assert len(done) == 4
+    _no_running(study)
+    hosts = {t.user_attrs.get("train_node_id") for t in done if t.user_attrs.get("train_node_id")}
+    assert len(hosts) >= 1
+
+    args = [*args[:1], "search.n_trials=6", *args[2:]]
+    with two_node_cluster() as cluster:
+        proc = _start([*args, f"ray.address={cluster.address}"], results, cluster.env)
+        _wait_for(proc, "[  5/6]")
+        cluster.stop()  # the whole cluster vanishes
+        out, err = proc.communicate(timeout=300)
+    assert proc.returncode not in (0, 2), out[-2000:]
+    lines = [line for line in err.strip().splitlines() if line.startswith("error")]
+    assert len(lines) == 1 and "cluster" in lines[0], err[-3000:]
+    assert "Traceback" not in err
+    study = load(results, "tiny")
+    _no_running(study)
+    with two_node_cluster() as cluster:
+        proc = _start([*args, f"ray.address={cluster.address}"], results, cluster.env)
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    study = load(results, "tiny")
+    assert len(complete(study)) == 6
+    _no_running(study)
