@@ -33,7 +33,8 @@ from .executor import ClusterError, Executor, Job, JobFailed, WorkerLost
 from .record import FAILED, INFEASIBLE, INTERRUPTED, REUSED, TRAINED, TrialRecord
 from .space import Candidate, SearchSpace
 from .spec import Budget
-from .study import fail_orphan, finished_trials, quiet_heartbeats, record_heartbeat, release_storage_session
+from .study import (fail_orphan, finished_trials, quiet_heartbeats, record_heartbeat, release_storage_session,
+                    set_constraints)
 
 INTERRUPTED_REASON = "interrupted: the driver was stopped (Ctrl-C); re-run the same command to resume"
 ORPHAN_REASON = "orphaned: its driver died before the trial finished; queued again"
@@ -149,8 +150,7 @@ class Recorder:
     def tell(self, plan: Plan) -> FrozenTrial:
         """Store the record, constraints (budget judged now) and values of a finished trial."""
         violations = self.budget.violations(plan.record.metrics())
-        for key in self.budget.keys():
-            plan.trial.set_constraint(key, violations.get(key, -1.0))
+        set_constraints(self.storage, plan.trial, {key: violations.get(key, -1.0) for key in self.budget.keys()})
         plan.record.save(plan.trial)
         return self.study.tell(plan.trial, plan.record.values(self.objectives))
 

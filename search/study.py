@@ -50,6 +50,30 @@ def record_heartbeat(storage: RDBStorage, trial: optuna.Trial) -> None:
     storage.record_heartbeat(trial._trial_id)
 
 
+# Optuna's `constraints_func` stores a trial's constraints as one list under this system
+# attribute; `Trial.set_constraint` stores one attribute per name instead.
+DASHBOARD_CONSTRAINTS_KEY = "constraints"
+
+
+def set_constraints(storage: RDBStorage, trial: optuna.Trial, constraints: dict[str, float]) -> None:
+    """Store a trial's constraints (> 0 means violated) by name, and again as the positional
+    list: optuna-dashboard 0.21 reads only that list (its "Infeasible" marking: any value > 0).
+    Optuna 5 has no public writer for the list form, so it is written here with the trial's
+    private storage id; `named_constraints` hides the positional copies again."""
+    for key, value in constraints.items():
+        trial.set_constraint(key, value)
+    if constraints:
+        positional = [float(value) for value in constraints.values()]
+        storage.set_trial_system_attr(trial._trial_id, DASHBOARD_CONSTRAINTS_KEY, positional)
+
+
+def named_constraints(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
+    """The trial's constraints by name. `trial.constraints` also lists the positional copies
+    that `set_constraints` writes for the dashboard, as "0", "1", ..."""
+    positional = {str(i) for i in range(len(trial.system_attrs.get(DASHBOARD_CONSTRAINTS_KEY) or ()))}
+    return {key: value for key, value in trial.constraints.items() if key not in positional}
+
+
 def fail_orphan(storage: RDBStorage, trial: optuna.trial.FrozenTrial, attrs: dict) -> None:
     """End a RUNNING trial whose driver is known to be dead: FAIL, with `attrs` recorded."""
     for key, value in attrs.items():
