@@ -377,7 +377,7 @@ class Driver:
         plan.record.update(
             accuracy=result["val_accuracy"], val_curve=result["curve"], train_loss_curve=result["train_loss_curve"],
             images_per_sec=result["images_per_sec"], proxy_wall_time_s=result["wall_time_s"],
-            epochs_done=result["epochs_done"], proxy_device=result["device"], proxy_seed=result.get("seed"),
+            epochs_done=result["epochs_done"], proxy_device=result["device"], proxy_seed=result.get("seed", self.settings.proxy_settings.get("seed")),
             val_count=result.get("val_count"), val_correct=result.get("val_correct"),
             train_started_at=result["started_at"], train_finished_at=result["finished_at"],
             train_node_id=result.get("node_id"), train_host=result.get("host"))

@@ -24,6 +24,7 @@ from .objectives import OBJECTIVES
 from .record import TrialRecord, record_fields
 from .replicates import ReplicateStore
 from .space import PAPER_C1
+from .study import named_constraints
 
 # Shown beside the objectives in a front table.
 FRONT_EXTRAS = ["latency_p90_ms", "macs", "params"]
@@ -110,7 +111,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row = {"number": trial.number, "state": trial.state.name,
                "feasible": is_feasible(trial) if trial.state == TrialState.COMPLETE else None}
         row.update(vars(TrialRecord.load(trial)))
-        row.update({f"constraint_{k}": v for k, v in trial.constraints.items()})
+        row.update({f"constraint_{k}": v for k, v in named_constraints(trial).items()})
         row.update({f"param_{k}": v for k, v in trial.params.items()})
         row["datetime_start"] = trial.datetime_start
         row["datetime_complete"] = trial.datetime_complete
@@ -256,9 +257,10 @@ def format_front(frame: pd.DataFrame) -> str:
     formats = {o.field: o for o in OBJECTIVES.values()}
     shown = frame.copy()
     if "accuracy_mean" in shown:
+        told = frame["accuracy"] if "accuracy" in frame else [math.nan] * len(frame)
         shown.insert(list(shown).index("accuracy_mean"), "accuracy",
-                     [f"{m:.3f} ± {s:.3f} (n={int(n)})" for m, s, n in
-                      zip(shown.pop("accuracy_mean"), shown.pop("accuracy_se"), shown.pop("replicates"))])
+                     [f"{m:.3f} ± {s:.3f} (n={int(n)})" if math.isfinite(m) else f"{t:.3f}" for m, s, n, t in
+                      zip(shown.pop("accuracy_mean"), shown.pop("accuracy_se"), shown.pop("replicates"), told)])
     for column in shown:
         if column in formats and column != "accuracy":
             shown[column] = shown[column].map(formats[column].format)
