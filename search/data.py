@@ -275,7 +275,7 @@ def _unpickle_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     # A malformed pickle can fail in any of the allowed constructors; each means "not a batch".
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             OverflowError, MemoryError) as err:
-        raise DataError(f"{path}: not a CIFAR-10 batch ({type(err).__name__}: {_first_line(err)})") from None
+        raise DataError(f"{path}: not a CIFAR-10 batch ({_first_line(err)})") from None
     if not isinstance(batch, dict):
         raise DataError(f"{path}: not a CIFAR-10 batch (expected a dict, got {type(batch).__name__})")
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}

@@ -50,8 +50,8 @@ class SpecError(ValueError):
     """A bad spec, in one line: `<file>: <key.path>: <problem>`."""
 
     def __init__(self, file: str, key: str | None, problem: str):
-        problem = " ".join(problem.split())
-        if len(problem) > 300:  # a last guard: messages quote values, values come from users
+        problem, file = " ".join(problem.split()), _clip(file, 200)  # a last guard: both can come from users
+        if len(problem) > 300:
             problem = problem[:297] + "..."
         self.file, self.key, self.problem = file, key, problem
         super().__init__(": ".join(part for part in (file, key, self.problem) if part))
@@ -202,9 +202,13 @@ def locate_spec(name_or_path: str | Path, spaces_dir: Path) -> Path:
     name = str(name_or_path)
     is_path = "/" in name or name.endswith((".yaml", ".yml"))
     path = Path(name) if is_path else spaces_dir / f"{name}.yaml"
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as err:  # e.g. a name longer than the file system allows
+        raise SpecError(display_path(path), None, f"cannot open: {err.strerror or err}") from None
+    if not found:
         available = sorted(p.stem for p in spaces_dir.glob("*.yaml"))
-        problem = "no such file" if is_path else f"no space named {name!r}{_hint(name, available)}"
+        problem = "no such file" if is_path else f"no space named {_clip(repr(name))}{_hint(name, available)}"
         raise SpecError(display_path(path), None, f"{problem}; available spaces: {', '.join(available) or 'none'}")
     return path
 

@@ -170,6 +170,10 @@ SETTINGS_CASES = [
     ("config-unknown-key", lambda t: [f"config={spec_file(t, 'search: {n_trialz: 3}', 'cfg')}"], "n_trialz"),
     ("config-alias-bomb", lambda t: [f"config={spec_file(t, ALIAS_BOMB, 'cfg')}"], "config="),
     ("data-name-unknown", lambda t: ["data.name=mnist"], "data.name"),
+    ("space-name-too-long", lambda t: ["space=" + "x" * 5000], "File name too long"),
+    ("space-path-too-long", lambda t: [f"space={t}/{'x' * 5000}.yaml"], "File name too long"),
+    ("space-is-a-folder", lambda t: [f"space={t}/"], "no such file"),
+    ("value-with-alias", lambda t: ["search.objectives=[&a accuracy, *a]"], "search.objectives"),
 ]
 
 SPEC_CASES = [
