@@ -332,3 +332,17 @@ def test_subprocess(tmp_path, name, args, expected):
     assert "Traceback" not in run.stderr
     assert not results.exists() and sorted(tmp_path.rglob("*")) == before
     assert not (REPO.parent / "escape_study").exists() and not (tmp_path.parent / "escape_study").exists()
+
+
+def test_read_only_results_dir(tmp_path, capsys):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True)
+    if mount.returncode:
+        pytest.skip("cannot mount a read-only file system here (needs root)")
+    try:
+        code = run_search.main(["space=paper", f"results_dir={folder}/results"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Read-only file system" in err and "results_dir=" in err, err
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
