@@ -56,7 +56,12 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 class DataError(ValueError):
-    """A dataset is missing, malformed or asked for the impossible (the message is one line)."""
+    """A dataset is missing, malformed or asked for the impossible (the message is one line,
+    of bounded length: it quotes paths and values that come from users)."""
+
+    def __init__(self, message: str):
+        message = " ".join(message.split())
+        super().__init__(message if len(message) <= 500 else message[:497] + "...")
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,6 +109,13 @@ def _candidates(name: str, base: Path) -> list[Path]:
 
 
 def _holds(name: str, path: Path) -> bool:
+    try:
+        return _holds_unchecked(name, path)
+    except OSError:  # e.g. a name longer than the file system allows: nothing is there
+        return False
+
+
+def _holds_unchecked(name: str, path: Path) -> bool:
     if name == "cifar10":
         return (path.is_file() and path.suffix == ".npz") or (path / "data_batch_1").is_file()
     if name == "fashion_mnist":

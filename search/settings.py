@@ -335,9 +335,9 @@ def validate(s: RunSettings) -> None:
     _check_writable_dir("results_dir", s.results_dir, results)
     if s.profile.cache is not None:
         cache = Path(s.profile.cache).expanduser()
-        if cache.is_dir():
+        if os.path.isdir(cache):
             raise SettingsError(f"profile.cache={_clip(s.profile.cache)}: is a directory, expected a file path")
-        if not cache.parent.is_dir() and not _inside(cache.parent, results):
+        if not os.path.isdir(cache.parent) and not _inside(cache.parent, results):
             raise SettingsError(f"profile.cache={_clip(s.profile.cache)}: folder {_clip(str(cache.parent))} does not "
                                 "exist (create it, or put the cache inside results_dir)")
         _check_writable_dir("profile.cache", s.profile.cache, cache.parent)
@@ -365,12 +365,14 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def _check_writable_dir(key: str, given: str, folder: Path) -> None:
     """`folder` exists and takes files, or its nearest existing parent does (so it can be made)."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        if existing.is_symlink():  # a dangling link: mkdir would fail on it
-            break
-        existing = existing.parent
     shown = f"{key}={_clip(given)}"
+    if any(len(os.fsencode(part)) > 255 for part in folder.parts) or len(os.fsencode(str(folder))) >= 4096:
+        raise SettingsError(f"{shown}: path or file name too long")
+    existing = folder
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if os.path.islink(existing) and not os.path.exists(existing):
+        raise SettingsError(f"{shown}: {_clip(str(existing))} is a dangling symbolic link")
     if existing.exists() and not existing.is_dir():
         raise SettingsError(f"{shown}: {_clip(str(existing))} is a file, not a folder")
     if not existing.exists():
@@ -397,7 +399,7 @@ def _check_storage(url: str) -> None:
         raise SettingsError(f"search.storage={_clip(url)}: not a SQLAlchemy URL (e.g. sqlite:///path/study.db)") from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         folder = Path(parsed.database).expanduser().parent
-        if not folder.is_dir():
+        if not os.path.isdir(folder):
             raise SettingsError(f"search.storage={_clip(url)}: folder {_clip(str(folder))} does not exist")
         _check_writable_dir("search.storage", url, folder)
 

@@ -170,6 +170,9 @@ SETTINGS_CASES = [
     ("config-unknown-key", lambda t: [f"config={spec_file(t, 'search: {n_trialz: 3}', 'cfg')}"], "n_trialz"),
     ("config-alias-bomb", lambda t: [f"config={spec_file(t, ALIAS_BOMB, 'cfg')}"], "config="),
     ("data-name-unknown", lambda t: ["data.name=mnist"], "data.name"),
+    ("results-dir-too-long", lambda t: [f"results_dir={t}/{'r' * 300}"], "too long"),
+    ("results-dir-dangling-link", lambda t: [f"results_dir={_dangling(t)}/sub"], "dangling"),
+    ("storage-sqlite-too-long", lambda t: [f"search.storage=sqlite:///{t}/{'s' * 300}/x.db"], "search.storage="),
     ("space-name-too-long", lambda t: ["space=" + "x" * 5000], "File name too long"),
     ("space-path-too-long", lambda t: [f"space={t}/{'x' * 5000}.yaml"], "File name too long"),
     ("space-is-a-folder", lambda t: [f"space={t}/"], "no such file"),
@@ -224,7 +227,14 @@ DATA_CASES = [
     ("batch-not-a-dict", lambda t: batches(t, train=[1, 2, 3]), "data_batch_1"),
     ("batch-runs-code", lambda t: _evil_batches(t), "data_batch_1"),
     ("data-root-missing", lambda t: str(t / "nothing.npz"), "not found"),
+    ("data-root-too-long", lambda t: str(t / ("d" * 300 + ".npz")), "not found"),
 ]
+
+
+def _dangling(tmp: Path) -> Path:
+    link = tmp / "gone"
+    link.symlink_to(tmp / "nowhere")
+    return link
 
 
 def _object_npz(tmp: Path) -> str:
