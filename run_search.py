@@ -3,10 +3,14 @@
     python run_search.py space=hybrid                      # the default search
     python run_search.py space=hybrid dry_run=true         # show the space, train nothing
     python run_search.py space=paper search.n_trials=12 executor=inline
-    python run_search.py help                              # every key and its default
+    python run_search.py space=hybrid,paper                # a sweep: one study per value
+    python run_search.py config=results/<study>/config.yaml   # rerun a saved study
+    python run_search.py help                              # every key, its default and meaning
 
 Writes `results/<study>/`: `study.db` (Optuna storage), `config.yaml` (the resolved
 settings), `trials.csv`, `dashboard.html`. Re-running the same command resumes the study.
+Every setting of every run is checked before anything is created; bad input is one line on
+stderr and exit status 2.
 """
 from __future__ import annotations
 
@@ -22,16 +26,24 @@ EXIT_INTERRUPTED = 130
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from search.settings import SettingsError, help_text, parse_args
+    from search.settings import SettingsError, help_text, parse_sweep, validate
 
     if not argv or argv[0] in ("help", "-h", "--help"):
         print(help_text())
         return 0 if argv else EXIT_BAD_INPUT
     try:
-        settings = parse_args(argv)
-        return _run(settings)
-    except (SettingsError,) as err:
+        runs = parse_sweep(argv)
+        for settings in runs:
+            validate(settings)
+    except SettingsError as err:
         return _bad_input(err)
+    try:
+        codes = []
+        for i, settings in enumerate(runs, start=1):
+            if len(runs) > 1:
+                print(f"=== run {i}/{len(runs)}: space={settings.space}", flush=True)
+            codes.append(_run(settings))
+        return next((code for code in codes if code), 0)
     except KeyboardInterrupt:
         print("\ninterrupted: finished trials are saved; re-run the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

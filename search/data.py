@@ -11,6 +11,12 @@ Where a dataset is looked for, in this order (the first hit wins):
   4. the user cache `~/.cache/ascan-search` (where `download=True` puts CIFAR-10);
   5. Fashion-MNIST only: `/usr/share/datasets`, where Debian's `dataset-fashion-mnist` puts it.
 
+Every loaded dataset is checked before use (`check_arrays`): uint8 N x C x H x W images of at
+least 8 x 8 pixels, integer labels as many as the images and inside the class range, at least
+2 training images per class. Files are read without pickles (`np.load(allow_pickle=False)`,
+an unpickler that rebuilds only arrays), with their sizes checked before reading; a broken
+file is one `DataError` line naming the file and the array.
+
 The search never looks at the test split: `make_split` draws a stratified train subset and a
 held-out validation slice from the TRAIN split. `final_split` (train vs. test) is for final
 reporting only.
@@ -20,12 +26,15 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import math
 import os
 import pickle
 import shutil
 import tarfile
 import tempfile
 import urllib.request
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,11 +49,19 @@ CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # published on the CIFAR-10 pa
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 FASHION_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                    "ankle boot")
+MIN_IMAGE_SIZE = 8  # pixels per side: the four stages halve the resolution
+MIN_PER_CLASS = 2  # training images per class: one for training, one for validation
+MAX_FILE_BYTES = 2 << 30  # one array or batch file; CIFAR-10 whole is 180 MB
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 class DataError(ValueError):
-    """A dataset is missing, malformed or asked for the impossible (the message is one line)."""
+    """A dataset is missing, malformed or asked for the impossible (the message is one line,
+    of bounded length: it quotes paths and values that come from users)."""
+
+    def __init__(self, message: str):
+        message = " ".join(message.split())
+        super().__init__(message if len(message) <= 500 else message[:497] + "...")
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,6 +109,13 @@ def _candidates(name: str, base: Path) -> list[Path]:
 
 
 def _holds(name: str, path: Path) -> bool:
+    try:
+        return _holds_unchecked(name, path)
+    except OSError:  # e.g. a name longer than the file system allows: nothing is there
+        return False
+
+
+def _holds_unchecked(name: str, path: Path) -> bool:
     if name == "cifar10":
         return (path.is_file() and path.suffix == ".npz") or (path / "data_batch_1").is_file()
     if name == "fashion_mnist":
@@ -151,23 +175,83 @@ def _load_cached(name: str, path: Path, img_size: int | None) -> ImageDataset:
         class_names = FASHION_CLASSES
     else:
         arrays, class_names = _read_image_folder(path, img_size or 32)
+    check_arrays(path, arrays, len(class_names))
     x_train, y_train, x_test, y_test = (torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
     if img_size is not None:
         x_train, x_test = resize_images(x_train, img_size), resize_images(x_test, img_size)
     return ImageDataset(name, x_train, y_train.long(), x_test, y_test.long(), tuple(class_names), path)
 
 
+ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
+
+
+def check_arrays(source: Path, arrays: tuple[np.ndarray, ...], num_classes: int) -> None:
+    """Raise a one-line `DataError` naming `source` and the array unless (x_train, y_train,
+    x_test, y_test) form a usable dataset: see the module docstring. The test split may be empty."""
+    def fail(name: str, problem: str) -> DataError:
+        return DataError(f"{source}: {name}: {problem}")
+
+    for x_name, y_name, x, y in (("x_train", "y_train", *arrays[:2]), ("x_test", "y_test", *arrays[2:])):
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise fail(x_name, f"expected uint8 images N x C x H x W with 1 or 3 channels, got {x.dtype} {x.shape}")
+        if len(x) and min(x.shape[2:]) < MIN_IMAGE_SIZE:
+            raise fail(x_name, f"images of {x.shape[2]} x {x.shape[3]} px are below {MIN_IMAGE_SIZE} x {MIN_IMAGE_SIZE}")
+        if y.dtype.kind not in "iu" or y.ndim != 1:
+            raise fail(y_name, f"expected a 1-D array of integer labels, got {y.dtype} {y.shape}")
+        if len(y) != len(x):
+            raise fail(y_name, f"{len(y)} labels for {len(x)} images in {x_name}")
+        if len(y) and (y.min() < 0 or y.max() >= num_classes):
+            raise fail(y_name, f"labels range {y.min()}..{y.max()}, outside 0..{num_classes - 1} ({num_classes} classes)")
+    if arrays[0].shape[2:] != arrays[2].shape[2:] and len(arrays[2]):
+        raise fail("x_test", f"images of {arrays[2].shape[2:]} px, but x_train has {arrays[0].shape[2:]}")
+    counts = np.bincount(arrays[1], minlength=num_classes)
+    if counts.min() < MIN_PER_CLASS:
+        raise fail("y_train", f"class {int(counts.argmin())} has {int(counts.min())} images, need at least {MIN_PER_CLASS}")
+
+
+def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of each array in an `.npz`, read from the headers alone, so that
+    a file claiming a huge or object array is refused before anything is allocated."""
+    headers = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            name = info.filename.removesuffix(".npy")
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(member)
+            if dtype.hasobject:
+                raise DataError(f"{path}: {name}: holds Python objects (dtype {dtype}); only numeric arrays are read")
+            if math.prod(shape) * dtype.itemsize > MAX_FILE_BYTES:
+                raise DataError(f"{path}: {name}: shape {shape} of {dtype} is larger than {MAX_FILE_BYTES >> 30} GiB")
+            headers[name] = (shape, dtype)
+    return headers
+
+
 def _read_cifar_npz(path: Path) -> tuple[np.ndarray, ...]:
     """`.npz` with `x_train` uint8 NHWC, `y_train`, `x_test`, `y_test` (the layout of shared/data)."""
-    with np.load(path, allow_pickle=False) as archive:
-        missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
+    try:
+        headers = _npz_headers(path)
+        missing = set(ARRAY_NAMES) - set(headers)
         if missing:
-            raise DataError(f"{path}: missing arrays {sorted(missing)} (need x_train, y_train, x_test, y_test)")
-        x_train, x_test = archive["x_train"], archive["x_test"]
-        if x_train.dtype != np.uint8 or x_train.ndim != 4 or x_train.shape[-1] not in (1, 3):
-            raise DataError(f"{path}: x_train must be uint8 N x H x W x C, got {x_train.dtype} {x_train.shape}")
-        return (x_train.transpose(0, 3, 1, 2), archive["y_train"].astype(np.int64),
-                x_test.transpose(0, 3, 1, 2), archive["y_test"].astype(np.int64))
+            raise DataError(f"{path}: missing arrays {sorted(missing)} (need {', '.join(ARRAY_NAMES)})")
+        for name in ("x_train", "x_test"):
+            shape, dtype = headers[name]
+            if len(shape) != 4 or shape[-1] not in (1, 3):
+                raise DataError(f"{path}: {name}: expected images N x H x W x C with 1 or 3 channels, got {dtype} {shape}")
+        with np.load(path, allow_pickle=False) as archive:
+            x_train, y_train, x_test, y_test = (archive[name] for name in ARRAY_NAMES)
+    except DataError:
+        raise
+    # What numpy and zipfile raise for truncated, bit-flipped, garbage or empty files.
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, KeyError) as err:
+        raise DataError(f"{path}: not a readable .npz of arrays ({_first_line(err)})") from None
+    return x_train.transpose(0, 3, 1, 2), y_train, x_test.transpose(0, 3, 1, 2), y_test
+
+
+def _first_line(err: BaseException, limit: int = 120) -> str:
+    text = (str(err).splitlines() or [type(err).__name__])[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
@@ -192,23 +276,38 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refusing global {module}.{name}") from None
 
 
-def _unpickle_batch(path: Path) -> dict:
+def _unpickle_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file -> (images N x 3 x 32 x 32 uint8, labels N int64), shapes checked
+    before any conversion (a list of shared references can claim billions of items)."""
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise DataError(f"{path}: {path.stat().st_size} bytes, larger than a CIFAR-10 batch can be")
     try:
         with open(path, "rb") as f:
             batch = _ArrayOnlyUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise DataError(f"{path}: not a CIFAR-10 batch ({err})") from None
+    # A malformed pickle can fail in any of the allowed constructors; each means "not a batch".
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            OverflowError, MemoryError) as err:
+        raise DataError(f"{path}: not a CIFAR-10 batch ({_first_line(err)})") from None
     if not isinstance(batch, dict):
-        raise DataError(f"{path}: not a CIFAR-10 batch (expected a dict)")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+        raise DataError(f"{path}: not a CIFAR-10 batch (expected a dict, got {type(batch).__name__})")
+    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    data, labels = batch.get("data"), batch.get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        shown = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{path}: data: expected a uint8 array N x 3072, got {shown}")
+    if isinstance(labels, list) and len(labels) == len(data) and all(type(label) is int for label in labels):
+        labels = np.asarray(labels, np.int64)
+    if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu" or labels.shape != (len(data),):
+        shown = f"{labels.dtype} {labels.shape}" if isinstance(labels, np.ndarray) else f"{type(labels).__name__}"
+        raise DataError(f"{path}: labels: expected {len(data)} integers, got {shown}")
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 def _read_cifar_batches(directory: Path) -> tuple[np.ndarray, ...]:
     """The official `cifar-10-batches-py`: data_batch_1..5 and test_batch."""
     def read(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
         batches = [_unpickle_batch(directory / f) for f in files]
-        images = np.concatenate([np.asarray(b["data"], np.uint8).reshape(-1, 3, 32, 32) for b in batches])
-        return images, np.concatenate([np.asarray(b["labels"], np.int64) for b in batches])
+        return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
 
     train_files = sorted(p.name for p in directory.glob("data_batch_*"))
     if not (directory / "test_batch").is_file():
@@ -236,7 +335,13 @@ def download_cifar10(target: Path) -> Path:
 
 def _read_idx(path: Path) -> np.ndarray:
     """An IDX file (the MNIST format): magic with dtype code and rank, big-endian sizes, data."""
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    try:
+        with (gzip.open(path) if path.suffix == ".gz" else open(path, "rb")) as f:
+            raw = f.read(MAX_FILE_BYTES + 1)  # bounded: a small .gz can inflate to any size
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{path}: not a readable IDX file ({_first_line(err)})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise DataError(f"{path}: more than {MAX_FILE_BYTES >> 30} GiB of data")
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
         raise DataError(f"{path}: not an unsigned-byte IDX file")
     rank = raw[3]

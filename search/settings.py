@@ -1,95 +1,126 @@
-"""The run configuration: every key `run_search.py` accepts, its type and default.
+"""The run configuration: every key `run_search.py` accepts, its type, default and meaning.
 
 Keys are set Hydra-style on the command line (`search.n_trials=40 proxy.epochs=3
-executor=inline`). OmegaConf checks names and types against the dataclasses below; an
-unknown key or a bad value becomes a one-line `SettingsError` with close matches.
+executor=inline`); `config=results/<study>/config.yaml` starts from a saved study's settings
+(later keys override it), and `key=a,b` sweeps: one run per value (`parse_sweep`).
+OmegaConf checks names and types against the dataclasses below, whose field metadata is
+the help text. Every value is then checked (`parse_args`), and the machine is checked
+(`validate`: paths writable, devices present, storage URL usable) before anything is
+created. Any problem is a one-line `SettingsError` naming the key and (clipped) value.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import itertools
+import math
+import os
+import re
+import socket
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from . import safe_yaml
 from .objectives import OBJECTIVES, check_objectives
 
 
 class SettingsError(ValueError):
-    """A bad command-line key or value (one line)."""
+    """A bad command-line key or value (one line, bounded length)."""
+
+    def __init__(self, message: str):
+        message = " ".join(message.split())
+        super().__init__(message if len(message) <= 300 else message[:297] + "...")
+
+
+def _key(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A setting with its meaning (and allowed values) for `help_text`."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
+EXECUTORS = ("ray", "inline")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 
 
 @dataclass
 class SearchSettings:
-    n_trials: int = 16  # finished trials wanted; a rerun resumes until this many exist
-    sampler: str = "tpe"  # tpe | nsga2 | gp | random | grid
-    seed: int = 0
-    study_name: Optional[str] = None  # default: derived from space, data and seed
-    storage: Optional[str] = None  # SQLAlchemy URL; default: sqlite:///results/<study>/study.db
-    objectives: list[str] = field(default_factory=lambda: ["accuracy", "latency"])  # + see search/objectives.py
-    max_retries: int = 1  # re-runs of a trial whose worker died
-    enqueue_references: bool = True  # the paper's C1 and symmetric layouts first
-
-
-@dataclass
-class RefineOverrides:
-    trainings: int = 8  # extra trainings after the search, where the front is in doubt (0: off)
-    max_replicates: int = 3  # trainings per architecture at most, its first one included
-    margin_se: float = 2.0  # in doubt: not beaten by more than this many standard errors
+    n_trials: int = _key(16, "finished trials wanted; a rerun resumes until this many exist")
+    sampler: str = _key("tpe", "Optuna sampler", SAMPLERS)
+    seed: int = _key(0, "seed of the sampler and the proxy training (0 to 2**32-1)")
+    study_name: Optional[str] = _key(None, "letters, digits and ._+=- (at most 100); default: <space>-<data>-<preset>-s<seed>")
+    storage: Optional[str] = _key(None, "SQLAlchemy URL; default: sqlite:///<results_dir>/<study>/study.db")
+    objectives: list[str] = field(default_factory=lambda: ["accuracy", "latency"], metadata={
+        "help": "objectives: accuracy, latency, then any extras (the table in search/objectives.py)",
+        "choices": tuple(OBJECTIVES)})
+    max_retries: int = _key(1, "re-runs of a trial whose worker died")
+    enqueue_references: bool = _key(True, "try the paper's C1 and symmetric layouts first")
 
 
 @dataclass
 class RaySettings:
-    address: Optional[str] = None  # join a running cluster; default: start a local one
-    num_cpus: Optional[int] = None  # CPUs of the local cluster; default: all
-    trial_cpus: float = 1.0  # CPUs per proxy training
-    trial_gpus: Optional[float] = None  # GPUs per proxy training; default: 1 when the cluster has GPUs
-    max_concurrent: Optional[int] = None  # default: as many as the resources allow
-    pending_timeout_s: float = 30.0  # a job no node can run is an error after this long
+    address: Optional[str] = _key(None, "host:port of a running cluster to join; default: start a local one")
+    num_cpus: Optional[int] = _key(None, "CPUs of the local cluster (>= 1); default: all")
+    trial_cpus: float = _key(1.0, "CPUs per proxy training (> 0)")
+    trial_gpus: Optional[float] = _key(None, "GPUs per proxy training (>= 0); default: 1 when the cluster has GPUs")
+    max_concurrent: Optional[int] = _key(None, "trials in flight at once (>= 1); default: as many as resources allow")
+    pending_timeout_s: float = _key(30.0, "a job that no node can run is an error after this many seconds (> 0)")
+
+
+@dataclass
+class RefineOverrides:
+    trainings: int = _key(8, "extra trainings after the search where front membership is in doubt (0: off)")
+    max_replicates: int = _key(3, "trainings per architecture at most, its first one included (>= 1)")
+    margin_se: float = _key(2.0, "in doubt: not beaten by more than this many standard errors (> 0)")
 
 
 @dataclass
 class DataSettings:
-    name: str = "cifar10"  # cifar10 | fashion_mnist | imagefolder
-    root: Optional[str] = None
+    name: str = _key("cifar10", "dataset", ("cifar10", "fashion_mnist", "imagefolder"))
+    root: Optional[str] = _key(None, "file or folder of the dataset; default: looked up (see search/data.py)")
 
 
 @dataclass
 class ProxyOverrides:
-    preset: str = "default"  # smoke | default | thorough
-    epochs: Optional[int] = None
-    batch_size: Optional[int] = None
-    lr: Optional[float] = None
-    train_size: Optional[int] = None
-    val_size: Optional[int] = None
-    device: Optional[str] = None  # default: cuda when present, else cpu
+    preset: str = _key("default", "proxy training recipe", ("smoke", "default", "thorough"))
+    epochs: Optional[int] = _key(None, "training epochs (>= 1); default: the preset's")
+    batch_size: Optional[int] = _key(None, "training batch size (>= 1); default: the preset's")
+    lr: Optional[float] = _key(None, "peak learning rate (> 0); default: the preset's")
+    train_size: Optional[int] = _key(None, "training images (>= 1); default: the preset's")
+    val_size: Optional[int] = _key(None, "validation images (>= 1); default: the preset's")
+    device: Optional[str] = _key(None, "device of proxy training; default: cuda when present, else cpu", DEVICES)
 
 
 @dataclass
 class BudgetOverrides:
-    max_latency_ms: Optional[float] = None  # ceilings; default: the space's own
-    max_macs: Optional[float] = None
-    max_params: Optional[float] = None
+    max_latency_ms: Optional[float] = _key(None, "latency ceiling in ms (> 0); default: the space's")
+    max_macs: Optional[float] = _key(None, "MACs ceiling (> 0); default: the space's")
+    max_params: Optional[float] = _key(None, "parameter ceiling (> 0); default: the space's")
 
 
 @dataclass
 class ProfileOverrides:
-    device: Optional[str] = None  # default: the space's target device
-    batch_size: Optional[int] = None
-    min_time_s: float = 1.0
-    min_iters: int = 10
-    cache: Optional[str] = None  # default: results/profile_cache.sqlite, shared by studies
-    node: Optional[str] = None  # Ray: the node that measures latency (id prefix, IP or host); default: the driver's
-    resources: dict[str, float] = field(default_factory=dict)  # Ray: or the node with these custom resources
+    device: Optional[str] = _key(None, "device latency is measured on; default: the space's target device", DEVICES)
+    batch_size: Optional[int] = _key(None, "batch size of latency timing (>= 1); default: the space's")
+    min_time_s: float = _key(1.0, "time each candidate for at least this long (> 0, at most 3600)")
+    min_iters: int = _key(10, "and at least this many forward passes (>= 1)")
+    cache: Optional[str] = _key(None, "profile cache file; default: <results_dir>/profile_cache.sqlite, shared by studies")
+    node: Optional[str] = _key(None, "Ray: the node that measures latency (node id prefix, IP or host); "
+                                     "default: the driver's")
+    resources: dict[str, float] = field(default_factory=dict, metadata={
+        "help": "Ray: or the node offering these custom resources, e.g. {deploy_gpu: 1}", "choices": None})
 
 
 @dataclass
 class RunSettings:
-    space: str = MISSING  # a spec name (looked up in $ASCAN_SPACES, then the shipped specs) or a path to a YAML file
-    executor: str = "ray"  # ray | inline
-    results_dir: str = "results"
-    dry_run: bool = False
+    space: str = _key(MISSING, "a spec name (looked up in $ASCAN_SPACES, then the shipped specs) or a YAML path")
+    executor: str = _key("ray", "where trials run", EXECUTORS)
+    results_dir: str = _key("results", "folder of the study folders (created if missing)")
+    dry_run: bool = _key(False, "show the space and settings, train nothing")
     search: SearchSettings = field(default_factory=SearchSettings)
     refine: RefineOverrides = field(default_factory=RefineOverrides)
     ray: RaySettings = field(default_factory=RaySettings)
@@ -99,9 +130,6 @@ class RunSettings:
     profile: ProfileOverrides = field(default_factory=ProfileOverrides)
 
 
-SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
-EXECUTORS = ("ray", "inline")
-
 
 def all_keys(node: Any = None, prefix: str = "") -> dict[str, Any]:
     """Every dotted key with its default, in declaration order."""
@@ -110,40 +138,117 @@ def all_keys(node: Any = None, prefix: str = "") -> dict[str, Any]:
     for name in node:
         value = node._get_node(name)
         path = f"{prefix}{name}"
-        if OmegaConf.is_dict(value):
+        if OmegaConf.is_dict(value) and dataclasses.is_dataclass(OmegaConf.get_type(value)):
             keys.update(all_keys(value, path + "."))
-        else:
-            keys[path] = value._value()
+        else:  # a leaf: a value, a list, or a free-form mapping such as profile.resources
+            keys[path] = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value._value()
     return keys
 
 
+def _fields(cls: type = RunSettings, prefix: str = "") -> dict[str, dataclasses.Field]:
+    """Every dotted key's dataclass field, in declaration order."""
+    found: dict[str, dataclasses.Field] = {}
+    for f in dataclasses.fields(cls):
+        nested = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(nested):
+            found.update(_fields(type(nested), f"{prefix}{f.name}."))
+        else:
+            found[prefix + f.name] = f
+    return found
+
+
 def help_text() -> str:
-    lines = ["usage: python run_search.py space=NAME [key=value ...]", "", "keys (default):"]
-    width = max(len(k) for k in all_keys())
-    for key, default in all_keys().items():
+    lines = ["usage: python run_search.py space=NAME [key=value ...]",
+             "       python run_search.py config=results/<study>/config.yaml [key=value ...]  # rerun a saved study",
+             "       python run_search.py space=hybrid,paper [key=value ...]  # a sweep: one study per value",
+             "", "keys: default; meaning [allowed values]"]
+    defaults, fields_ = all_keys(), _fields()
+    width = max(map(len, defaults))
+    for key, default in defaults.items():
+        meta = fields_[key].metadata if key in fields_ else {}
         shown = "(required)" if default == MISSING else repr(default)
-        lines.append(f"  {key:<{width}}  {shown}")
+        choices = f" [{' | '.join(meta['choices'])}]" if meta.get("choices") else ""
+        lines.append(f"  {key:<{width}}  {shown}; {meta.get('help', '')}{choices}".rstrip("; "))
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str]) -> RunSettings:
-    """`["space=hybrid", "search.n_trials=4"]` -> a checked `RunSettings`."""
-    schema = OmegaConf.structured(RunSettings)
+def _clip(value: Any, limit: int = 80) -> str:
+    """`value` as a message shows it: repr'd strings, at most `limit` characters."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _split(arg: str) -> tuple[str, str]:
+    if "=" not in arg:
+        raise SettingsError(f"{_clip(arg)}: expected key=value (try 'help')")
+    key, value = arg.split("=", 1)
+    return key.lstrip("+"), value
+
+
+def _read_config(value: str) -> dict:
+    """A saved `config.yaml` (what `to_yaml` writes) as a plain mapping."""
+    path = Path(value).expanduser()
+    try:
+        data = safe_yaml.load(path.read_bytes()) if path.stat().st_size <= safe_yaml.MAX_BYTES else None
+    except OSError as err:
+        raise SettingsError(f"config={_clip(value)}: cannot read ({err.strerror or err})") from None
+    except safe_yaml.YamlError as err:
+        raise SettingsError(f"config={_clip(value)}: {err}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"config={_clip(value)}: expected a mapping of settings (a saved config.yaml)")
+    return data
+
+
+def parse_sweep(argv: list[str]) -> list[RunSettings]:
+    """Like `parse_args`, but `key=a,b` gives one `RunSettings` per value (several such keys:
+    every combination). A list value in brackets (`[a,b]`) is one value, not a sweep."""
+    choices = []
     for arg in argv:
-        if "=" not in arg:
-            raise SettingsError(f"{arg!r}: expected key=value (try 'help')")
-        key = arg.split("=", 1)[0].lstrip("+")
+        key, value = _split(arg)
+        if "," in value and not value.lstrip().startswith(("[", "{", "'", '"')):
+            values = value.split(",")
+            if not all(v.strip() for v in values) or len(set(values)) < len(values):
+                raise SettingsError(f"{key}={_clip(value)}: a sweep needs distinct, non-empty values")
+            choices.append([f"{key}={v}" for v in values])
+        else:
+            choices.append([arg])
+    runs = [parse_args(list(combo)) for combo in itertools.product(*choices)]
+    names = {run.search.study_name for run in runs}
+    if len(runs) > 1 and len(names) == 1 and None not in names:
+        raise SettingsError(f"search.study_name={_clip(names.pop())}: one name for the {len(runs)} runs of a sweep "
+                            "would mix them in one study; leave it unset or sweep it too")
+    return runs
+
+
+def parse_args(argv: list[str]) -> RunSettings:
+    """`["space=hybrid", "search.n_trials=4"]` -> a checked `RunSettings`. A `config=FILE`
+    argument is read first; the other keys override it."""
+    schema = OmegaConf.structured(RunSettings)
+    saved: list[dict] = []
+    dotlist = []
+    for arg in argv:
+        key, value = _split(arg)
+        if key == "config":
+            saved.append(_read_config(value))
+            continue
         if key not in all_keys():
             hint = difflib.get_close_matches(key, all_keys(), n=3)
-            raise SettingsError(f"{key}: unknown key" + (f" (did you mean {', '.join(hint)}?)" if hint else " (try 'help')"))
+            raise SettingsError(f"{_clip(key)}: unknown key"
+                                + (f" (did you mean {', '.join(hint)}?)" if hint else " (try 'help')"))
+        try:  # OmegaConf reads each value as YAML: refuse aliases, deep nesting, control characters first
+            safe_yaml.load(value)
+        except safe_yaml.YamlError as err:
+            raise SettingsError(f"{key}={_clip(value)}: {err}") from None
+        dotlist.append(arg)
     try:
-        merged = OmegaConf.merge(schema, OmegaConf.from_dotlist(argv))
+        merged = OmegaConf.merge(schema, *saved, OmegaConf.from_dotlist(dotlist))
         settings: RunSettings = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         reason = str(err).splitlines()[0]
-        raise SettingsError(f"{key}: {reason}") from None
+        raise SettingsError(f"{_clip(key)}: {reason}") from None
     _check_choices(settings)
+    _check_values(settings)
     return settings
 
 
@@ -166,8 +271,166 @@ def _check_choices(s: RunSettings) -> None:
         raise SettingsError(f"search.n_trials={s.search.n_trials}: must be at least 1")
     if s.search.max_retries < 0:
         raise SettingsError(f"search.max_retries={s.search.max_retries}: must be 0 or more")
-    if s.ray.trial_cpus <= 0:
-        raise SettingsError(f"ray.trial_cpus={s.ray.trial_cpus}: must be positive")
+
+
+def _check_values(s: RunSettings) -> None:
+    """Ranges of every number, name and device string (nothing here looks at the machine)."""
+    def need(key: str, ok: bool, rule: str) -> None:
+        if not ok:
+            value = s
+            for part in key.split("."):
+                value = getattr(value, part)
+            raise SettingsError(f"{key}={_clip(value)}: {rule}")
+
+    def number(key: str, low: float, *, above: bool = False, high: float = math.inf, optional: bool = True) -> None:
+        value = s
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is None and optional:
+            return
+        ok = value is not None and math.isfinite(value) and (value > low if above else value >= low) and value <= high
+        bound = f"{'>' if above else '>='} {low:g}" + (f" and <= {high:.10g}" if high < math.inf else "")
+        need(key, ok, f"must be a finite number {bound}")
+
+    number("search.seed", 0, high=2**32 - 1)
+    if s.search.study_name is not None:
+        check_study_name(s.search.study_name)
+    number("ray.num_cpus", 1)
+    number("ray.max_concurrent", 1)
+    number("ray.trial_cpus", 0, above=True)
+    number("ray.trial_gpus", 0)
+    number("ray.pending_timeout_s", 0, above=True, high=86400)
+    number("refine.trainings", 0, high=10_000)
+    number("refine.max_replicates", 1, high=100)
+    number("refine.margin_se", 0, above=True, high=100)
+    if s.ray.address is not None:
+        need("ray.address", bool(re.fullmatch(r"auto|(ray://)?[\w.\-]+:\d{1,5}", s.ray.address)),
+             "expected auto or host:port (e.g. 127.0.0.1:6379)")
+    for key in ("epochs", "batch_size", "train_size", "val_size"):
+        number(f"proxy.{key}", 1)
+    number("proxy.lr", 0, above=True, high=10)
+    for key in ("max_latency_ms", "max_macs", "max_params"):
+        number(f"budget.{key}", 0, above=True)
+    number("profile.batch_size", 1, high=4096)
+    number("profile.min_time_s", 0, above=True, high=3600)
+    number("profile.min_iters", 1, high=1_000_000, optional=False)
+    for key in ("proxy.device", "profile.device"):
+        device = getattr(getattr(s, key.split(".")[0]), "device")
+        need(key, device is None or bool(re.fullmatch(r"auto|cpu|cuda(:\d{1,2})?", device)),
+             "choose auto, cpu, cuda or cuda:N")
+
+
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}")
+
+
+def check_study_name(name: str, key: str = "search.study_name") -> None:
+    """A study name becomes a folder under results_dir: one safe path component."""
+    if not STUDY_NAME.fullmatch(name) or ".." in name:
+        raise SettingsError(f"{key}={_clip(name)}: must be one folder name of at most 100 letters, digits and "
+                            "._+=- (starting with a letter or digit, no '..')")
+
+
+def validate(s: RunSettings) -> None:
+    """Check what the settings ask of this machine, before anything is created: the data set
+    and proxy preset exist, devices are present, results_dir, the profile cache and a sqlite
+    storage can be written, a storage URL parses, a Ray address answers. Creates nothing (a
+    probe file is made and removed in an existing folder). Raises `SettingsError`."""
+    from .data import DATASETS
+    from .proxy import PRESETS, preset
+
+    if s.data.name not in DATASETS:
+        raise SettingsError(f"data.name={_clip(s.data.name)}: choose one of {', '.join(DATASETS)}")
+    if s.proxy.preset not in PRESETS:
+        hint = difflib.get_close_matches(s.proxy.preset, PRESETS, n=1)
+        raise SettingsError(f"proxy.preset={_clip(s.proxy.preset)}: choose one of {', '.join(PRESETS)}"
+                            + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    overrides = {k: v for k, v in dataclasses.asdict(s.proxy).items() if k != "preset" and v is not None}
+    try:
+        preset(s.proxy.preset, **overrides)
+    except ValueError as err:  # ProxySettings' own rules, e.g. warm-up vs epochs
+        raise SettingsError(f"proxy: {err}") from None
+    for key in ("proxy.device", "profile.device"):
+        _check_device(key, getattr(getattr(s, key.split(".")[0]), "device"))
+    results = Path(s.results_dir).expanduser()
+    _check_writable_dir("results_dir", s.results_dir, results)
+    if s.profile.cache is not None:
+        cache = Path(s.profile.cache).expanduser()
+        if os.path.isdir(cache):
+            raise SettingsError(f"profile.cache={_clip(s.profile.cache)}: is a directory, expected a file path")
+        if not os.path.isdir(cache.parent) and not _inside(cache.parent, results):
+            raise SettingsError(f"profile.cache={_clip(s.profile.cache)}: folder {_clip(str(cache.parent))} does not "
+                                "exist (create it, or put the cache inside results_dir)")
+        _check_writable_dir("profile.cache", s.profile.cache, cache.parent)
+    if s.search.storage is not None:
+        _check_storage(s.search.storage)
+    if s.executor == "ray" and s.ray.address not in (None, "auto"):
+        _check_reachable(s.ray.address)
+
+
+def _check_device(key: str, device: str | None) -> None:
+    if device is None or not device.startswith("cuda"):
+        return
+    import torch
+
+    index = int(device.partition(":")[2] or 0)
+    if not torch.cuda.is_available():
+        raise SettingsError(f"{key}={device}: CUDA is not available on this machine (use cpu or auto)")
+    if index >= torch.cuda.device_count():
+        raise SettingsError(f"{key}={device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _check_writable_dir(key: str, given: str, folder: Path) -> None:
+    """`folder` exists and takes files, or its nearest existing parent does (so it can be made)."""
+    shown = f"{key}={_clip(given)}"
+    if any(len(os.fsencode(part)) > 255 for part in folder.parts) or len(os.fsencode(str(folder))) >= 4096:
+        raise SettingsError(f"{shown}: path or file name too long")
+    existing = folder
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if os.path.islink(existing) and not os.path.exists(existing):
+        raise SettingsError(f"{shown}: {_clip(str(existing))} is a dangling symbolic link")
+    if existing.exists() and not existing.is_dir():
+        raise SettingsError(f"{shown}: {_clip(str(existing))} is a file, not a folder")
+    if not existing.exists():
+        raise SettingsError(f"{shown}: {_clip(str(existing))} cannot be created")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ascan-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        where = "" if existing == folder else f" (in {_clip(str(existing))})"
+        raise SettingsError(f"{shown}: cannot write{where}: {err.strerror or err}") from None
+
+
+def _check_storage(url: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()
+    except NoSuchModuleError:  # a subclass of ArgumentError: first
+        raise SettingsError(f"search.storage={_clip(url)}: unknown database kind {_clip(parsed.drivername)}") from None
+    except ArgumentError:
+        raise SettingsError(f"search.storage={_clip(url)}: not a SQLAlchemy URL (e.g. sqlite:///path/study.db)") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        folder = Path(parsed.database).expanduser().parent
+        if not os.path.isdir(folder):
+            raise SettingsError(f"search.storage={_clip(url)}: folder {_clip(str(folder))} does not exist")
+        _check_writable_dir("search.storage", url, folder)
+
+
+def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as err:
+        raise SettingsError(f"ray.address={_clip(address)}: no Ray cluster answers there "
+                            f"({getattr(err, 'strerror', None) or err})") from None
 
 
 def to_yaml(settings: RunSettings) -> str:

@@ -2,7 +2,10 @@
 
 Keys, types and defaults are documented in `spaces/README.md`; the dataclass defaults below
 are the defaults. Every problem is a `SpecError`, one line `<file>: <key.path>: <problem>`.
-YAML is read with `yaml.safe_load`. `search.space` turns a `Spec` into a `SearchSpace`.
+YAML is read with `safe_yaml.load` (no aliases, no duplicate keys, bounded size and
+nesting), and every number is bounded before anything is built: a spec cannot hang the
+counting of layouts or ask for a network that does not fit in memory (`LIMITS`,
+`MAX_PARAMS`). `search.space` turns a `Spec` into a `SearchSpace`.
 
 The family rule lives here because the `families` constraint is defined by it (ours; the
 paper only gives examples): a stage of depth d is *even* when its C count is 0, d/2 or d;
@@ -11,17 +14,34 @@ a layout is *symmetric* when every stage is even, *asymmetric* otherwise.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
-
 from ascan.config import C_BLOCKS, NUM_STAGES, T_BLOCKS
+
+from . import safe_yaml
 
 FAMILIES = ("symmetric", "asymmetric")
 DEFAULT_WIDTHS = (64, 128, 256, 512)
+# Upper bounds (inclusive) on numbers, far above any sane network yet small enough that
+# nothing downstream overflows, hangs or runs out of memory. Lower bounds are in `setting`.
+MAX_STAGE_DEPTH = 16  # blocks per stage (the paper uses at most 4)
+MAX_WIDTH = 8192
+MAX_PARAMS = 2e9  # estimated parameters of the largest target network (AsCAN-L has 173 M)
+LIMITS = {
+    "network.stem_width": MAX_WIDTH, "network.stem_stride": 2, "network.head_width": MAX_WIDTH,
+    "network.head_dim": 1024, "network.expansion": 16, "network.se_ratio": 1, "network.mlp_ratio": 16,
+    "network.drop_path_rate": 1, "network.in_chans": 64,
+    "target.img_size": 2048, "target.batch_size": 4096, "target.num_classes": 100_000,
+    "proxy.width_mult": 4, "proxy.img_size": 512, "proxy.stem_stride": 2, "proxy.head_dim": 1024,
+    "proxy.drop_path_rate": 1,
+    "budget.max_latency_ms": 1e9, "budget.max_macs": 1e18, "budget.max_params": 1e15,
+    "report.reference_latency_ms": 1e9,
+    "constraints.min_total_t": NUM_STAGES * MAX_STAGE_DEPTH, "constraints.max_total_t": NUM_STAGES * MAX_STAGE_DEPTH,
+}
 TOP_KEYS = ("description", "stages", "layouts", "blocks", "constraints", "network", "target", "proxy", "budget",
             "report")
 
@@ -30,7 +50,10 @@ class SpecError(ValueError):
     """A bad spec, in one line: `<file>: <key.path>: <problem>`."""
 
     def __init__(self, file: str, key: str | None, problem: str):
-        self.file, self.key, self.problem = file, key, " ".join(problem.split())
+        problem, file = " ".join(problem.split()), _clip(file, 200)  # a last guard: both can come from users
+        if len(problem) > 300:
+            problem = problem[:297] + "..."
+        self.file, self.key, self.problem = file, key, problem
         super().__init__(": ".join(part for part in (file, key, self.problem) if part))
 
 
@@ -174,6 +197,13 @@ class Spec:
     report: ReportSettings
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def locate_spec(name_or_path: str | Path, spaces_dirs: Sequence[Path]) -> Path:
     """`hybrid` -> the first `<dir>/hybrid.yaml` of `spaces_dirs`; a path (with / or .yaml) is taken as given."""
     name = str(name_or_path)
@@ -182,10 +212,14 @@ def locate_spec(name_or_path: str | Path, spaces_dirs: Sequence[Path]) -> Path:
         path = Path(name)
     else:
         candidates = [d / f"{name}.yaml" for d in spaces_dirs]
-        path = next((p for p in candidates if p.is_file()), candidates[-1])
-    if not path.is_file():
+        path = next((p for p in candidates if _is_file(p)), candidates[-1])
+    try:
+        found = path.is_file()
+    except OSError as err:  # e.g. a name longer than the file system allows
+        raise SpecError(display_path(path), None, f"cannot open: {err.strerror or err}") from None
+    if not found:
         available = sorted({p.stem for d in spaces_dirs for p in d.glob("*.yaml")})
-        problem = "no such file" if is_path else f"no space named {name!r}{_hint(name, available)}"
+        problem = "no such file" if is_path else f"no space named {_clip(repr(name))}{_hint(name, available)}"
         raise SpecError(display_path(path), None, f"{problem}; available spaces: {', '.join(available) or 'none'}")
     return path
 
@@ -193,11 +227,13 @@ def locate_spec(name_or_path: str | Path, spaces_dirs: Sequence[Path]) -> Path:
 def read_spec(path: Path) -> Spec:
     file = display_path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:  # both mean the file is not readable YAML
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise SpecError(file, None, f"invalid YAML: {where}{getattr(err, 'problem', None) or err}") from None
+        if path.stat().st_size > safe_yaml.MAX_BYTES:
+            raise safe_yaml.YamlError(f"{path.stat().st_size} bytes: larger than the limit of {safe_yaml.MAX_BYTES}")
+        data = safe_yaml.load(path.read_bytes())
+    except safe_yaml.YamlError as err:
+        raise SpecError(file, None, str(err)) from None
+    except OSError as err:
+        raise SpecError(file, None, f"cannot read: {err.strerror or err}") from None
     read = _Reader(file)
     if data is None:
         raise read.fail("", "empty spec")
@@ -208,7 +244,7 @@ def read_spec(path: Path) -> Spec:
     constraints = _read_constraints(read, top.get("constraints"))
     rules, widths = _read_stages(read, top.get("stages"), with_rules="layouts" not in top)
     blocks = read.mapping(top.get("blocks"), "blocks", ("c", "t"))
-    return Spec(
+    spec = Spec(
         name=path.stem, path=path, file=file, description=description,
         rules=None if "layouts" in top else tuple(rules),
         layouts=_read_layouts(read, top["layouts"], constraints) if "layouts" in top else None,
@@ -220,6 +256,8 @@ def read_spec(path: Path) -> Spec:
         proxy=read.settings(top.get("proxy"), "proxy", ProxySettings),
         budget=read.settings(top.get("budget"), "budget", Budget),
         report=read.settings(top.get("report"), "report", ReportSettings))
+    _check_size(read, spec)
+    return spec
 
 
 # ----------------------------------------------------------------- the strict reader
@@ -252,21 +290,26 @@ class _Reader:
         if bad:
             raise self.fail(key, f"expected {what} or a list of them, got {_kind(bad[0])}")
         if len(set(items)) < len(items):
-            raise self.fail(key, f"repeated value in {items}")
+            raise self.fail(key, f"repeated value in {_clip(repr(items))}")
         return items
 
-    def integers(self, value: Any, key: str, minimum: int, below: str, what: str = "an integer") -> tuple[int, ...]:
+    def integers(self, value: Any, key: str, minimum: int, below: str, what: str = "an integer",
+                 maximum: int | None = None) -> tuple[int, ...]:
         items = self.items(value, key, _is_int, what)
         too_small = [item for item in items if item < minimum]
         if too_small:
-            raise self.fail(key, f"{too_small[0]} {below}")
+            raise self.fail(key, f"{_clip(str(too_small[0]))} {below}")
+        too_big = [item for item in items if maximum is not None and item > maximum]
+        if too_big:
+            raise self.fail(key, f"{_clip(str(too_big[0]))} is above the limit of {maximum}")
         return tuple(sorted(items))
 
     def names(self, value: Any, key: str, allowed: Sequence[str]) -> tuple[str, ...]:
         items = self.items(value, key, lambda item: isinstance(item, str), "a name")
         for item in items:
             if item not in allowed:
-                raise self.fail(key, f"unknown value {item!r}{_hint(item, allowed)} (choose from {', '.join(allowed)})")
+                raise self.fail(key, f"unknown value {_clip(repr(item))}{_hint(item, allowed)} "
+                                f"(choose from {', '.join(allowed)})")
         return tuple(items)
 
     def setting(self, value: Any, key: str, type_name: str, choices: Sequence | None) -> Any:
@@ -283,11 +326,14 @@ class _Reader:
             ok, what = _is_int(value) and value >= (0 if optional else 1), "an integer >= " + ("0" if optional else "1")
         else:  # only these fractions may be zero; a zero width multiplier or ceiling is a mistake
             zero_ok = key.rsplit(".", 1)[-1] in ("se_ratio", "drop_path_rate")
-            ok = _is_number(value) and (value >= 0 if zero_ok else value > 0)
-            what = "a number " + (">= 0" if zero_ok else "> 0")
+            ok = _is_number(value) and math.isfinite(value) and (value >= 0 if zero_ok else value > 0)
+            what = "a finite number " + (">= 0" if zero_ok else "> 0")
         if not ok:
             sci = " (YAML reads 1.5e9 as text: write 1.5e+9)" if isinstance(value, str) and "e" in value.lower() else ""
             raise self.fail(key, f"expected {what}, got {_kind(value)}{sci}")
+        limit = LIMITS.get(key)
+        if limit is not None and kind in ("int", "float") and value > limit:
+            raise self.fail(key, f"{_clip(str(value))} is above the limit of {limit:g}")
         if choices and value not in choices:
             raise self.fail(key, f"{value!r} is not one of {', '.join(map(str, choices))}{_hint(str(value), choices)}")
         return float(value) if kind == "float" else value
@@ -324,7 +370,8 @@ def _read_stages(read: _Reader, value: Any, with_rules: bool) -> tuple[list[Stag
     for i, entry in enumerate(value):
         key = f"stages[{i}]"
         entry = read.mapping(entry, key, ("depth", "t_blocks", "width"))
-        widths.append(read.integers(entry.get("width", DEFAULT_WIDTHS[i]), f"{key}.width", 1, "is not a width"))
+        widths.append(read.integers(entry.get("width", DEFAULT_WIDTHS[i]), f"{key}.width", 1, "is not a width",
+                                    maximum=MAX_WIDTH))
         if not with_rules:
             fixed = next((k for k in ("depth", "t_blocks") if k in entry), None)
             if fixed:
@@ -332,10 +379,11 @@ def _read_stages(read: _Reader, value: Any, with_rules: bool) -> tuple[list[Stag
             continue
         if "depth" not in entry:
             raise read.fail(f"{key}.depth", "missing (allowed depths, e.g. 4 or [2, 4])")
-        depths = read.integers(entry["depth"], f"{key}.depth", 1, f"leaves stage {i + 1} empty (need at least 1 block)")
+        depths = read.integers(entry["depth"], f"{key}.depth", 1, f"leaves stage {i + 1} empty (need at least 1 block)",
+                               maximum=MAX_STAGE_DEPTH)
         t_value = entry.get("t_blocks", 0 if i == 0 else "any")  # stage 1 is convolution-only unless told
         t_blocks = None if t_value == "any" else read.integers(
-            t_value, f"{key}.t_blocks", 0, "is not a count", what="'any', an integer")
+            t_value, f"{key}.t_blocks", 0, "is not a count", what="'any', an integer", maximum=MAX_STAGE_DEPTH)
         for depth in depths if t_blocks else ():
             if min(t_blocks) > depth:
                 raise read.fail(f"{key}.t_blocks", f"no allowed T count fits depth {depth} (allowed: {list(t_blocks)})")
@@ -355,15 +403,53 @@ def _read_layouts(read: _Reader, value: Any, constraints: Constraints) -> tuple[
         stages = tuple(text.split("-"))
         problem = (f"has {len(stages)} stages, need {NUM_STAGES}" if len(stages) != NUM_STAGES
                    else "has an empty stage" if not all(stages)
+                   else f"has a stage longer than {MAX_STAGE_DEPTH} blocks" if max(map(len, stages)) > MAX_STAGE_DEPTH
                    else "uses letters other than C and T" if set(text) - set("CT-")
                    else "puts a T block before a C block (c_before_t)" if any("TC" in s for s in stages)
                    else f"repeats layouts[{seen[stages]}]" if stages in seen
                    else f"breaks constraint {constraints.violation(stages)}" if constraints.violation(stages)
                    else None)
         if problem:
-            raise read.fail(f"layouts[{i}]", f"{text!r} {problem}")
+            raise read.fail(f"layouts[{i}]", f"{_clip(repr(text))} {problem}")
         seen[stages] = i
     return tuple(seen)
+
+
+def estimate_params(spec: Spec) -> float:
+    """An upper estimate of the largest target network's parameters, from the spec alone.
+
+    Each block is counted as the larger of a C block (3x3 conv to `expansion` x width, SE,
+    1x1 projection back) and a T block (qkv + output projections, MLP); enough to refuse a
+    spec whose networks cannot fit in memory before anything is built.
+    """
+    net, depths = spec.network, _max_depths(spec)
+    params = 9.0 * net.in_chans * net.stem_width + 9.0 * net.stem_width ** 2
+    previous = net.stem_width
+    for depth, widths in zip(depths, spec.widths):
+        w = float(max(widths))
+        hidden = net.expansion * w
+        c_block = 9 * w * hidden + 2 * hidden * max(1.0, net.se_ratio * w) + hidden * w
+        t_block = 4 * w * w + 2 * net.mlp_ratio * w * w
+        params += previous * w + depth * max(c_block, t_block)
+        previous = w
+    return params + previous * net.head_width + net.head_width * spec.target.num_classes
+
+
+def _max_depths(spec: Spec) -> list[int]:
+    if spec.layouts:
+        return [max(len(layout[i]) for layout in spec.layouts) for i in range(NUM_STAGES)]
+    return [max(rule.depths) for rule in spec.rules or ()]
+
+
+def _check_size(read: _Reader, spec: Spec) -> None:
+    params = estimate_params(spec)
+    if params > MAX_PARAMS:
+        raise read.fail("stages", f"the largest network would have about {params:.3g} parameters, above the limit "
+                        f"of {MAX_PARAMS:.3g}: lower widths, depths, network.expansion or network.mlp_ratio")
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_int(value: Any) -> bool:
@@ -380,7 +466,7 @@ def _kind(value: Any) -> str:
 
 
 def _at(key: str, name: Any) -> str:
-    return f"{key}.{name}" if key else str(name)
+    return f"{key}.{_clip(str(name))}" if key else _clip(str(name))
 
 
 def _hint(word: str, options: Sequence[Any]) -> str:

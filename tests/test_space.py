@@ -262,7 +262,7 @@ BAD = [
     (_set("stages.2", {"depth": [2, 4], "t_blocks": [3, 4]}), "stages[2].t_blocks", "no allowed T count fits depth 2"),
     (_set("stages.2.width", 100), "stages[2].width", "100 is not divisible by network.head_dim=32"),
     (_set("proxy.width_mult", 0.3), "proxy.width_mult", "is not divisible by proxy.head_dim=16"),
-    (_set("proxy.width_mult", 0), "proxy.width_mult", "expected a number > 0, got int 0"),
+    (_set("proxy.width_mult", 0), "proxy.width_mult", "expected a finite number > 0, got int 0"),
     (_set("constraints.min_total_t", 13), "constraints", "no layout satisfies them (125 layouts before constraints)"),
     (_set("constraints.families", ["symetric"]), "constraints.families", "did you mean 'symmetric'?"),
     (_set("constraints.c_before_t", False), "constraints.c_before_t", "always true"),
