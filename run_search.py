@@ -20,6 +20,7 @@ import time
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+EXIT_INCOMPLETE = 1  # the search stopped short: trials failed, or the cluster was lost
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
@@ -56,6 +57,7 @@ def _bad_input(err: BaseException) -> int:
 
 def _run(settings) -> int:
     from search.campaign import BadInput, Campaign
+    from search.executor import ClusterError
 
     try:
         campaign = Campaign.from_settings(settings)
@@ -73,8 +75,16 @@ def _run(settings) -> int:
     except KeyboardInterrupt:
         campaign.finish(interrupted=True)
         raise
+    except ClusterError as err:
+        campaign.finish(interrupted=True)
+        print(f"error: the Ray cluster was lost ({err}); unfinished trials are queued again: "
+              "re-run the same command once the cluster is back", file=sys.stderr)
+        return EXIT_INCOMPLETE
     print(campaign.finish(interrupted=False))
     print(f"done in {time.monotonic() - started:.0f} s")
+    if campaign.shortfall():
+        print(f"error: {campaign.shortfall()}", file=sys.stderr)
+        return EXIT_INCOMPLETE
     return 0
 
 

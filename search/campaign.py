@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import optuna
 
 from .dashboard import write_dashboard
-from .data import DataError, load_dataset
+from .data import DataError, load_dataset, stratified_split
 from .driver import Driver, DriverSettings, Status
 from .executor import ClusterError, InlineExecutor, RayExecutor
 from .lock import StudyLock, StudyLocked
@@ -29,7 +29,7 @@ from .record import REUSED, TrialRecord
 from .refine import RefineSettings, Refiner
 from .report import (HV_LATENCY_MULTIPLE, ReferencePoint, c1_reference, front_frame, front_trials, format_front,
                      hypervolume, study_reference, write_trials_csv)
-from .settings import RunSettings, to_yaml
+from .settings import RunSettings, SettingsError, check_study_name, to_yaml
 from .space import SearchSpace, SpecError, describe, load_space
 from .spec import Budget
 from .study import finished_trials, make_sampler, open_study
@@ -82,6 +82,15 @@ class Campaign:
         except DataError as err:
             raise BadInput(str(err)) from None
         name = study_name_for(space, settings)
+        try:
+            check_study_name(name, "search.study_name (derived from the space's name)")
+            proxy = proxy_preset(settings.proxy.preset, **{k: v for k, v in dataclasses.asdict(settings.proxy).items()
+                                                            if k != "preset" and v is not None})
+            # The data split every trial will make: a slice the data cannot give fails here, once.
+            stratified_split(dataset.y_train, val_size=proxy.val_size, seed=proxy.data_seed,
+                             train_size=proxy.train_size)
+        except (SettingsError, DataError, ValueError) as err:
+            raise BadInput(str(err)) from None
         folder = Path(settings.results_dir) / name
         storage = settings.search.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
         return cls(settings, space, name, folder, storage, dataset.num_classes, dataset.in_chans, dataset)
@@ -219,6 +228,15 @@ class Campaign:
 
     def cache_path(self) -> Path:
         return Path(self.settings.profile.cache or Path(self.settings.results_dir) / "profile_cache.sqlite")
+
+    def shortfall(self) -> str:
+        """Why the run ended with fewer finished trials than asked (empty when it did not)."""
+        finished = len(finished_trials(self.study))
+        if finished >= self.n_trials:
+            return ""
+        failed = len(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
+        return (f"only {finished} of {self.n_trials} trials finished ({failed} failed; see failure_reason in "
+                f"{self.folder / 'trials.csv'}); re-run the same command to retry")
 
     def write_reports(self) -> tuple[Path, Path]:
         """Rewrite `trials.csv` and `dashboard.html` from the storage (each atomically)."""
