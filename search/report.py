@@ -206,7 +206,7 @@ def mark_ties(front: pd.DataFrame, margin_se: float = 2.0, latency_rel: float = 
 
 def front_columns(study: optuna.Study) -> list[str]:
     fields = [OBJECTIVES[name].field for name in objective_names(study)]
-    shown = [c for f in fields for c in (ESTIMATE_COLUMNS if f == "accuracy" else [f])]
+    shown = [c for f in fields for c in (["accuracy", *ESTIMATE_COLUMNS] if f == "accuracy" else [f])]
     return list(dict.fromkeys(["number", "layout", "family", *shown, *FRONT_EXTRAS, "tied_with"]))
 
 
@@ -256,11 +256,10 @@ def format_front(frame: pd.DataFrame) -> str:
         return "(no feasible finished trial yet)"
     formats = {o.field: o for o in OBJECTIVES.values()}
     shown = frame.copy()
-    if "accuracy_mean" in shown:
-        told = frame["accuracy"] if "accuracy" in frame else [math.nan] * len(frame)
-        shown.insert(list(shown).index("accuracy_mean"), "accuracy",
-                     [f"{m:.3f} ± {s:.3f} (n={int(n)})" if math.isfinite(m) else f"{t:.3f}" for m, s, n, t in
-                      zip(shown.pop("accuracy_mean"), shown.pop("accuracy_se"), shown.pop("replicates"), told)])
+    if "accuracy_mean" in shown:  # one column: the refined mean ± SE (n), else the trial's own
+        shown["accuracy"] = [f"{m:.3f} ± {s:.3f} (n={int(n)})" if math.isfinite(m) else f"{t:.3f}" for m, s, n, t in
+                             zip(shown.pop("accuracy_mean"), shown.pop("accuracy_se"), shown.pop("replicates"),
+                                 shown["accuracy"])]
     for column in shown:
         if column in formats and column != "accuracy":
             shown[column] = shown[column].map(formats[column].format)
