@@ -524,6 +524,8 @@ def measure_window(models: list[nn.Module], settings: LatencySettings, precise_f
     onward as ratios to the reference, and the reference's own times when `precise_from` is 0.
     """
     settings = settings.resolved()
+    if settings.max_time_s is None:  # precision may never come on a busy machine
+        raise ProfileError("LatencySettings.max_time_s=None: a window needs a time cap")
     with measurement_environment(settings):
         fingerprint = environment_fingerprint(settings.device, settings.num_threads)
         runners, peaks = [], []

@@ -18,7 +18,7 @@ import torch
 
 from ascan import ArchConfig, build_model
 from search.profile import (LatencySettings, ProfileCache, ProfileError, lookup_profile, measure_latency,
-                            measure_window, profile_window)
+                            measure_window, profile_config, profile_window)
 from search.profile_cache import SCHEMA_VERSION, stable_hash
 
 SMALL = ArchConfig(img_size=32, widths=(16, 32, 64, 128), stem_width=16, head_width=128)
@@ -95,6 +95,19 @@ def test_contaminated_results_are_retried_and_never_cached(tmp_path):
     assert len(cache) == 0  # not even the anchor: its spread failed too
     with pytest.raises(ProfileError, match="contaminated"):
         cache.put(result)
+
+
+def test_contaminated_single_network_is_not_cached(tmp_path):
+    cache = ProfileCache(tmp_path / "profiles.db")
+    strict = LatencySettings(**{**LENIENT.to_dict(), "max_spread": 0.0, "max_retries": 0, "min_iters": 5})
+    result = profile_config(SMALL, strict, cache)
+    assert result.contaminated and "spread" in result.contamination and result.attempts == 1
+    assert len(cache) == 0 and lookup_profile(SMALL, strict, cache) is None
+
+
+def test_window_without_time_cap_is_refused():
+    with pytest.raises(ProfileError, match="LatencySettings.max_time_s=None"):
+        measure_window([build_model(SMALL)], LatencySettings(**{**WINDOW.to_dict(), "max_time_s": None}))
 
 
 def test_cpu_burners_on_our_cores_are_flagged(tmp_path):
