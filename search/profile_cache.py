@@ -100,7 +100,7 @@ class ProfileResult:
     ci_high_ms: float | None = None
     ci_rel_half_width: float | None = None
     rounds: int | None = None
-    ratio_spread: float | None = None  # IQR / median of the per-round ratios to the reference
+    ratio_spread: float | None = None  # IQR / median of the per-round ratios (the reference: of its times)
     foreign_cpu: float | None = None
     steal: float | None = None
     contaminated: bool = False

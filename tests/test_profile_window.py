@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from ascan import ArchConfig, build_model
+from search.macs import analytic_macs
 from search.profile import (LatencySettings, ProfileCache, ProfileError, lookup_profile, measure_latency,
                             measure_window, profile_config, profile_window)
 from search.profile_cache import SCHEMA_VERSION, stable_hash
@@ -61,6 +62,7 @@ def test_window_result_holds_interval_and_reference(anchored):
     assert anchor is not None and anchor.reference is None
     for cfg, result in zip(TARGETS, results):
         assert result.arch_hash == cfg.arch_hash and not result.contaminated
+        assert result.macs == analytic_macs(cfg, LENIENT.img_size) and result.params > 0
         assert result.reference == {"arch_hash": REF_A.arch_hash, "median_ms": anchor.median_ms}
         assert result.ci_low_ms <= result.median_ms <= result.ci_high_ms
         assert result.ci_rel_half_width == pytest.approx((result.ci_high_ms - result.ci_low_ms) / 2 / result.median_ms)
