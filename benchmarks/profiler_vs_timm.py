@@ -2,35 +2,38 @@
 
     python benchmarks/profiler_vs_timm.py --device cpu --batch-size 1 --threads 2
 
-Table 1, for two AsCAN models and four timm models (pretrained=False, 224 px):
-  params; MACs by our counter (fvcore + attention handle), by the analytic per-block formula
-  (AsCAN only), by FlopCounterMode with our attention mapping, and by plain fvcore (which
-  misses attention and adds norms); latency by our profiler (median, p90) and by the
-  "timm loop": timm's benchmark.py inference loop (10 warm-up steps, 40 timed steps, a
-  synchronize after each, torch.no_grad) on the same model with the same settings.
-Table 2, repeatability: two full passes over 12 AsCAN architectures; Spearman rank
-  correlation of their median latencies across the passes.
-Targets: MACs within 1% of the analytic count; our median within 5% of the timm loop's;
-Spearman >= 0.95. Numbers only mean something on an otherwise idle machine.
+For two AsCAN models and four timm models (pretrained=False, 224 px): params; MACs by our
+counter (fvcore + attention handle), by the analytic per-block formula (AsCAN only), by
+FlopCounterMode with our attention mapping, and by plain fvcore (which misses attention and
+adds norms); latency by our profiler (`measure_latency`: median, p90) and by the "timm
+loop": timm's benchmark.py inference loop (10 warm-up steps, then 40 timed steps, a
+synchronize after each, torch.no_grad) on the same model with the same settings. The two
+alternate in `--rounds` rounds (ours, timm, ours, timm, ...; the timm loop's 40 steps split
+among them), so drift of a shared machine hits both alike.
+Targets: MACs within 1% of the analytic count; our median within 5% of the timm loop's.
+Repeatability (the same numbers twice) has its own benchmark: latency_repeatability.py.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import timm
 import torch
 
-from ascan import ArchConfig, build_model  # importing ascan registers its zoo with timm
-from ascan.zoo import ZOO_CONFIGS
-from search.macs import analytic_macs, count_macs, count_params, flop_counter_macs
-from search.profile import (DTYPES, LatencySettings, environment_fingerprint, measure_latency,
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ascan.zoo import ZOO_CONFIGS  # noqa: E402  (importing ascan registers its zoo with timm)
+from search.macs import analytic_macs, count_macs, count_params, flop_counter_macs  # noqa: E402
+from search.profile import (DTYPES, LatencySettings, environment_fingerprint, measure_latency,  # noqa: E402
                             measurement_environment)
 
 MODELS = ("ascan_tiny", "ascan_tiny_sym", "maxvit_tiny_tf_224", "coatnet_0_rw_224", "convnext_tiny",
@@ -38,32 +41,35 @@ MODELS = ("ascan_tiny", "ascan_tiny_sym", "maxvit_tiny_tf_224", "coatnet_0_rw_22
 TIMM_WARMUP_STEPS, TIMM_BENCH_STEPS = 10, 40  # timm benchmark.py defaults
 
 
-def timm_loop(model: torch.nn.Module, settings: LatencySettings) -> list[float]:
-    """timm benchmark.py's InferenceBenchmarkRunner.run, step for step: per-step times in ms."""
-    device, dtype = torch.device(settings.device), DTYPES[settings.dtype]
-    memory_format = torch.channels_last if settings.channels_last else None
-    model = copy.deepcopy(model).to(device=device, dtype=dtype, memory_format=memory_format).eval()
-    if settings.compile:
-        model = torch.compile(model)
+class TimmLoop:
+    """timm benchmark.py's InferenceBenchmarkRunner, step for step: warmed up once, then
+    `run(steps)` gives per-step times in ms (a round's share of its 40 timed steps)."""
 
-    def time_fn(sync: bool = False) -> float:
-        if sync and device.type == "cuda":
-            torch.cuda.synchronize(device)
+    def __init__(self, model: torch.nn.Module, settings: LatencySettings):
+        self.settings, self.device, dtype = settings, torch.device(settings.device), DTYPES[settings.dtype]
+        memory_format = torch.channels_last if settings.channels_last else None
+        self.model = copy.deepcopy(model).to(device=self.device, dtype=dtype, memory_format=memory_format).eval()
+        if settings.compile:
+            self.model = torch.compile(self.model)
+        self.inputs = torch.randn((settings.batch_size, 3, settings.img_size, settings.img_size), device=self.device,
+                                  dtype=dtype)
+        if settings.channels_last:
+            self.inputs = self.inputs.contiguous(memory_format=torch.channels_last)
+        self.run(TIMM_WARMUP_STEPS)
+
+    def _time_fn(self, sync: bool = False) -> float:
+        if sync and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def step() -> float:
-        start = time_fn()
-        model(inputs)
-        return time_fn(True) - start
-
-    with measurement_environment(settings), torch.no_grad():
-        inputs = torch.randn((settings.batch_size, 3, settings.img_size, settings.img_size), device=device,
-                             dtype=dtype)
-        if settings.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        for _ in range(TIMM_WARMUP_STEPS):
-            step()
-        return [1000.0 * step() for _ in range(TIMM_BENCH_STEPS)]
+    def run(self, steps: int) -> list[float]:
+        times = []
+        with measurement_environment(self.settings), torch.no_grad():
+            for _ in range(steps):
+                start = self._time_fn()
+                self.model(self.inputs)
+                times.append(1000.0 * (self._time_fn(True) - start))
+        return times
 
 
 def plain_fvcore_macs(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
@@ -78,8 +84,9 @@ def plain_fvcore_macs(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
 
 
 def compare_with_timm(models: list[str], settings: LatencySettings, rounds: int) -> pd.DataFrame:
-    """One row per model. With rounds > 1 the two loops alternate and their samples are pooled,
-    so a load change on a shared machine hits both alike."""
+    """One row per model. The two loops alternate `rounds` times, each round taking its share of
+    timm's 40 timed steps (ours: as many samples, after a short warm-up of its fresh copy);
+    samples are pooled, so a load change on a shared machine hits both alike."""
     rows = []
     shape = (1, 3, settings.img_size, settings.img_size)
     for name in models:
@@ -87,10 +94,13 @@ def compare_with_timm(models: list[str], settings: LatencySettings, rounds: int)
         model = timm.create_model(name, pretrained=False).eval()
         macs = count_macs(model, shape).total
         analytic = analytic_macs(ZOO_CONFIGS[name], settings.img_size) if name in ZOO_CONFIGS else np.nan
-        ours, timm_ms = [], []
+        steps = max(1, TIMM_BENCH_STEPS // rounds)
+        ours_round = dataclasses.replace(settings, min_iters=steps, min_time_s=0.0,
+                                         warmup_iters=min(settings.warmup_iters, 3))
+        loop, ours, timm_ms = TimmLoop(model, settings), [], []
         for _ in range(rounds):
-            ours.extend(measure_latency(model, settings).samples_ms)
-            timm_ms.extend(timm_loop(model, settings))
+            ours.extend(measure_latency(model, ours_round).samples_ms)
+            timm_ms.extend(loop.run(steps))
         rows.append({
             "model": name,
             "params (M)": count_params(model) / 1e6,
@@ -110,32 +120,6 @@ def compare_with_timm(models: list[str], settings: LatencySettings, rounds: int)
     return pd.DataFrame(rows)
 
 
-def repeatability_configs() -> list[ArchConfig]:
-    """12 architectures spread over widths and C/T layouts."""
-    layouts = [("CC", "CCCT", "CCTT", "CTTT"), ("CC", "CCCC", "CCCC", "CCCC"), ("CC", "CCCC", "CCTT", "TTTT"),
-               ("C", "CT", "CT", "T")]
-    widths = [(32, 64, 128, 256), (48, 96, 192, 384), (64, 128, 256, 512)]
-    return [ArchConfig(layouts=layout, widths=w, stem_width=w[0], head_width=2 * w[-1]) for w in widths
-            for layout in layouts]
-
-
-def repeatability(settings: LatencySettings) -> tuple[pd.DataFrame, float]:
-    configs = repeatability_configs()
-    passes = []
-    for _ in range(2):  # two full passes, so drift over time shows up as rank changes
-        medians = []
-        for cfg in configs:
-            torch.manual_seed(0)
-            medians.append(measure_latency(build_model(cfg), settings).median_ms)
-        passes.append(medians)
-    table = pd.DataFrame({"architecture": [c.short_name() for c in configs], "pass 1 median (ms)": passes[0],
-                          "pass 2 median (ms)": passes[1]})
-    table["change"] = table["pass 2 median (ms)"] / table["pass 1 median (ms)"] - 1
-    # Spearman = Pearson correlation of ranks (no SciPy needed).
-    spearman = float(table["pass 1 median (ms)"].rank().corr(table["pass 2 median (ms)"].rank()))
-    return table, spearman
-
-
 def markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     for _, row in table.iterrows():
@@ -147,7 +131,7 @@ def _format(column: str, value) -> str:
     if isinstance(value, (float, np.floating)):
         if np.isnan(value):
             return "-"
-        if column in ("ours vs analytic", "median vs timm", "change"):
+        if column in ("ours vs analytic", "median vs timm"):
             return f"{value:+.2%}"
         return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
     return str(value)
@@ -162,17 +146,13 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's current count)")
-    parser.add_argument("--min-time", type=float, default=2.0, help="our minimum measuring time per model (s)")
-    parser.add_argument("--repeat-min-time", type=float, default=1.0, help="the same, for the repeatability passes")
-    parser.add_argument("--rounds", type=int, default=1, help="alternate our loop and timm's this many times")
-    parser.add_argument("--skip-repeatability", action="store_true")
+    parser.add_argument("--rounds", type=int, default=4, help="alternate our loop and timm's this many times")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
 
     settings = LatencySettings(device=args.device, batch_size=args.batch_size, img_size=args.img_size,
                                dtype=args.dtype, channels_last=args.channels_last, num_threads=args.threads,
-                               warmup_iters=TIMM_WARMUP_STEPS, min_iters=TIMM_BENCH_STEPS,
-                               min_time_s=args.min_time).resolved()
+                               warmup_iters=TIMM_WARMUP_STEPS, min_iters=TIMM_BENCH_STEPS).resolved()
     with measurement_environment(settings):
         fp = environment_fingerprint(settings.device, settings.num_threads)
     print(f"command: python {' '.join(sys.argv)}")
@@ -187,17 +167,7 @@ def main() -> None:
     worst_latency = table["median vs timm"].abs().max()
     print(f"MACs vs analytic: worst {worst_mac:.3%} (target <= 1%): {'PASS' if worst_mac <= 0.01 else 'FAIL'}")
     print(f"median vs timm loop: worst {worst_latency:.2%} (target <= 5%): {'PASS' if worst_latency <= 0.05 else 'FAIL'}")
-    print(f"[table 1: {time.perf_counter() - start:.0f} s]\n", flush=True)
-
-    if not args.skip_repeatability:
-        start = time.perf_counter()
-        repeat_settings = LatencySettings(**{**settings.to_dict(), "warmup_iters": 5, "min_iters": 10,
-                                             "min_time_s": args.repeat_min_time})
-        table, spearman = repeatability(repeat_settings)
-        print(markdown(table) + "\n")
-        print(f"Spearman rank correlation across passes: {spearman:.3f} (target >= 0.95): "
-              f"{'PASS' if spearman >= 0.95 else 'FAIL'}")
-        print(f"[table 2: {time.perf_counter() - start:.0f} s]")
+    print(f"[{time.perf_counter() - start:.0f} s]", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,11 @@ This module imports only the standard library, so a study, a report or a worker 
 read profiles without loading torch.
 
 A result is keyed by (architecture hash, measurement-settings hash, environment-fingerprint
-hash): the same network measured the same way on the same machine is measured once. The
+hash, reference hash): the same network measured the same way on the same machine is
+measured once. The reference hash is empty for a raw measurement; an anchored one (a ratio to
+a reference network times that reference's fixed latency) is keyed by its reference's arch
+hash and latency too, so values anchored to different references never meet. A result
+flagged as contaminated (measured under load) is never stored. The
 cache is one SQLite file in WAL mode with a busy timeout, so several processes may write to
 it at once (each write is one short transaction). WAL needs a local file system: do not put
 the cache on NFS.
@@ -21,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["ProfileError", "ProfileResult", "ProfileCache", "stable_hash", "one_line"]
+__all__ = ["ProfileError", "ProfileResult", "ProfileCache", "reference_hash", "stable_hash", "one_line"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: reference_hash in the key; version-1 files are upgraded in place
 
 
 class ProfileError(ValueError):
@@ -65,6 +69,16 @@ class ProfileResult:
     at the median latency. `peak_memory_bytes` is what the measurement allocated at its peak
     (weights, input and activations): the CUDA allocator's peak on GPU, the growth of resident
     memory on CPU (None where the OS cannot report it).
+
+    A result of an interleaved window (`profile_window`) is anchored: `median_ms` is the
+    median over rounds of (this network's time / the reference's time in the same round) x
+    `reference["median_ms"]`, the reference's fixed latency on this machine; `ci_low_ms`,
+    `ci_high_ms` are a 95% bootstrap interval of that value over rounds, `ci_rel_half_width`
+    its half-width over `median_ms`. `raw_median_ms`, `p90_ms`, `iqr_ms` and `mean_ms` are of
+    this window's own per-round times, not anchored. `foreign_cpu` is the CPU (in cores) other
+    processes used while it ran, `steal` the hypervisor's share of CPU time; `contaminated`
+    results say why in `contamination` and are never cached. Fields after `arch` default to
+    what a raw single-network measurement (and a version-1 cache row) means.
     """
 
     arch_hash: str
@@ -80,6 +94,23 @@ class ProfileResult:
     settings: dict[str, Any]
     fingerprint: dict[str, Any]
     arch: dict[str, Any] = field(default_factory=dict)
+    reference: dict[str, Any] | None = None  # {"arch_hash", "median_ms"} of the anchor; None: raw
+    raw_median_ms: float | None = None
+    ci_low_ms: float | None = None
+    ci_high_ms: float | None = None
+    ci_rel_half_width: float | None = None
+    rounds: int | None = None
+    ratio_spread: float | None = None  # IQR / median of the per-round ratios (the reference: of its times)
+    foreign_cpu: float | None = None
+    steal: float | None = None
+    contaminated: bool = False
+    contamination: str = ""
+    attempts: int = 1
+    window: str = ""  # id of the interleaved window that measured it: compare raw times only within one
+
+    @property
+    def reference_hash(self) -> str:
+        return reference_hash(self.reference)
 
     @property
     def settings_hash(self) -> str:
@@ -90,8 +121,8 @@ class ProfileResult:
         return stable_hash(self.fingerprint)
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return self.arch_hash, self.settings_hash, self.fingerprint_hash
+    def key(self) -> tuple[str, str, str, str]:
+        return self.arch_hash, self.settings_hash, self.fingerprint_hash, self.reference_hash
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -99,6 +130,11 @@ class ProfileResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ProfileResult":
         return from_known_fields(cls, data)
+
+
+def reference_hash(reference: dict[str, Any] | None) -> str:
+    """The cache-key part naming an anchor ({"arch_hash", "median_ms"}); "" for raw results."""
+    return "" if reference is None else stable_hash(reference)
 
 
 class ProfileCache:
@@ -116,20 +152,26 @@ class ProfileCache:
         self._create_schema()
 
     # ------------------------------------------------------------------ public
-    def get(self, arch_hash: str, settings_hash: str, fingerprint_hash: str) -> ProfileResult | None:
+    def get(self, arch_hash: str, settings_hash: str, fingerprint_hash: str,
+            reference_hash: str = "") -> ProfileResult | None:
+        """The result under this key; `reference_hash` "" asks for a raw (unanchored) one."""
         with self._connect() as conn:
             row = conn.execute(
-                "SELECT result FROM profiles WHERE arch_hash=? AND settings_hash=? AND fingerprint_hash=?",
-                (arch_hash, settings_hash, fingerprint_hash)).fetchone()
+                "SELECT result FROM profiles WHERE arch_hash=? AND settings_hash=? AND fingerprint_hash=?"
+                " AND reference_hash=?", (arch_hash, settings_hash, fingerprint_hash, reference_hash)).fetchone()
         return None if row is None else self._decode(row[0], arch_hash)
 
     def put(self, result: ProfileResult) -> None:
-        """Store a result, replacing any earlier one under the same key."""
+        """Store a result, replacing any earlier one under the same key. A contaminated result
+        is refused: it would be reused as clean by every later lookup."""
+        if result.contaminated:
+            raise ProfileError(f"profile of arch {result.arch_hash} is contaminated ({result.contamination}); "
+                               "not caching it")
         payload = json.dumps(result.to_dict(), sort_keys=True)
         with self._connect() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO profiles (arch_hash, settings_hash, fingerprint_hash, result, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO profiles (arch_hash, settings_hash, fingerprint_hash, reference_hash, result,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (*result.key, payload, time.time()))
 
     def all(self) -> list[ProfileResult]:
@@ -166,16 +208,22 @@ class ProfileCache:
     def _try_create_schema(self) -> None:
         with self._connect() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 raise ProfileError(f"profile cache {self.path}: schema version {version}, this code reads "
-                                   f"{SCHEMA_VERSION}; use another cache file")
+                                   f"1 and {SCHEMA_VERSION}; use another cache file")
             # WAL lets readers and one writer proceed together; writers queue on the busy timeout.
             if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 conn.execute("PRAGMA journal_mode=WAL")
+            if version == 1:  # same rows, all raw: key them with an empty reference (one transaction)
+                conn.execute("ALTER TABLE profiles RENAME TO profiles_v1")
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS profiles (arch_hash TEXT NOT NULL, settings_hash TEXT NOT NULL,"
-                " fingerprint_hash TEXT NOT NULL, result TEXT NOT NULL, created_at REAL NOT NULL,"
-                " PRIMARY KEY (arch_hash, settings_hash, fingerprint_hash))")
+                " fingerprint_hash TEXT NOT NULL, reference_hash TEXT NOT NULL, result TEXT NOT NULL,"
+                " created_at REAL NOT NULL, PRIMARY KEY (arch_hash, settings_hash, fingerprint_hash, reference_hash))")
+            if version == 1:
+                conn.execute("INSERT INTO profiles SELECT arch_hash, settings_hash, fingerprint_hash, '', result,"
+                             " created_at FROM profiles_v1")
+                conn.execute("DROP TABLE profiles_v1")
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextmanager

@@ -25,9 +25,11 @@ from search.profile import (LatencySettings, ProfileCache, ProfileError, Profile
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ArchConfig(img_size=64, widths=(32, 64, 128, 256), stem_width=32, head_width=256)
-# Short, single-threaded measurements: 2 cores are shared with other tests.
+# Short, single-threaded measurements: 2 cores are shared with other tests. The contamination
+# checks are off here (a loaded test machine would make results uncacheable); they have their
+# own tests in test_profile_window.py.
 QUICK = LatencySettings(device="cpu", batch_size=2, img_size=64, num_threads=1, warmup_iters=2, min_iters=5,
-                        min_time_s=0.2)
+                        min_time_s=0.2, max_spread=100.0, max_foreign_cpu=100.0, max_steal=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +179,8 @@ def test_environment_fingerprint_is_stable_and_specific():
 
 # ---------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("field, value", [("dtype", "float64"), ("device", "tpu"), ("batch_size", 0),
-                                          ("num_threads", 0), ("min_time_s", -1.0)])
+                                          ("num_threads", 0), ("min_time_s", -1.0), ("clock", "gpu"),
+                                          ("min_rounds", 0), ("target_rel_ci", -0.01), ("max_retries", -1)])
 def test_bad_settings_name_the_field(field, value):
     with pytest.raises(ProfileError) as error:
         LatencySettings(**{field: value})
