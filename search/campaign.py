@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterator
 
 import optuna
 
+from ascan import ArchConfig
+
 from .dashboard import write_dashboard
 from .data import DataError, load_dataset, stratified_split
 from .driver import Driver, DriverSettings, Status
@@ -121,7 +123,14 @@ class Campaign:
         return dict(device=profile.device or target.device, batch_size=profile.batch_size or target.batch_size,
                     img_size=target.img_size, dtype=target.dtype, channels_last=target.channels_last,
                     compile=target.compile, num_threads=max(1, int(threads)),
-                    min_time_s=profile.min_time_s, min_iters=profile.min_iters)
+                    min_time_s=profile.min_time_s, min_iters=profile.min_iters, clock=profile.clock,
+                    target_rel_ci=profile.target_rel_ci, max_time_s=profile.max_time_s)
+
+    def reference_network(self) -> ArchConfig:
+        """What every profiling window times in each round: C1's target, else the space's
+        first candidate (fixed for the study, so its windows share one scale)."""
+        references = self.space.reference_candidates()
+        return self.space.target_config(references[0] if references else next(iter(self.space.enumerate())))
 
     def budget(self) -> Budget:
         """The command line's ceilings where given, else the space's."""
@@ -162,16 +171,32 @@ class Campaign:
             raise BadInput(f"space={self.space.name}: study {self.study_name!r} was made with space {recorded!r}; "
                            "pick another search.study_name")
         study.set_user_attr("space", self.space.name)
+        self._check_latency_settings(study)
         if s.enqueue_references and not study.get_trials(deepcopy=False):
             for candidate in self.space.reference_candidates():
                 study.enqueue_trial(self.space.params_for(candidate), user_attrs={"reference": True})
         return study
+
+    def _check_latency_settings(self, study: optuna.Study) -> None:
+        """Latencies measured under other settings (threads, batch, clock, ...) do not compare:
+        a resumed study must keep its own, or take another name."""
+        wanted = self.latency_settings(self._threads)
+        recorded = study.user_attrs.get("latency_settings")
+        if recorded is None:
+            study.set_user_attr("latency_settings", wanted)
+            return
+        changed = sorted(k for k in set(wanted) | set(recorded) if wanted.get(k) != recorded.get(k))
+        if changed:
+            diff = ", ".join(f"{k} {recorded.get(k)!r} -> {wanted.get(k)!r}" for k in changed[:3])
+            raise BadInput(f"study {self.study_name!r} measured latency with other settings ({diff}); its latencies "
+                           "would not compare with new ones: use the same settings or another search.study_name")
 
     def run(self) -> None:
         """Run the search. Nothing is written before the cluster answers; the study folder's
         lock keeps a second driver out; SIGTERM stops the run as Ctrl-C does."""
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         executor = self.make_executor()
+        self._threads = executor.profile_threads()
         try:
             try:
                 ProfileCache(self.cache_path())  # an unreadable cache is bad input, found before any trial
@@ -193,6 +218,7 @@ class Campaign:
             n_trials=self.n_trials, objectives=list(s.search.objectives), budget=self.budget(),
             data=executor.put(self.dataset), proxy_settings=self.proxy_settings(),
             latency_settings=self.latency_settings(executor.profile_threads()), cache_path=str(self.cache_path()),
+            reference=self.reference_network().to_dict(),
             num_classes=self.num_classes, in_chans=self.in_chans, max_retries=s.search.max_retries,
             trial_cpus=s.ray.trial_cpus, trial_gpus=self._trial_gpus(executor), max_concurrent=s.ray.max_concurrent)
 

@@ -43,6 +43,7 @@ REFERENCE_NAMES = {"-".join(PAPER_C1): "paper's C1", "-".join(PAPER_SYMMETRIC): 
 P90 = Objective("latency_p90", "minimize", "latency_p90_ms", "p90 (ms)")  # a column, not an objective
 # What the plots read; a study made by hand may lack some (then they are blank, not errors).
 NEEDED_COLUMNS = ["accuracy", "accuracy_mean", "accuracy_se", "replicates", "latency_ms", "latency_p90_ms",
+                  "latency_contamination",
                   "latency_iqr_ms", "latency_ci_low_ms", "latency_ci_high_ms", "macs", "params", "layout", "family",
                   "t_per_stage", "arch_hash", "feasible", "reference"]
 
@@ -97,6 +98,11 @@ def _hover(row: dict) -> str:
         lines.append(f"same architecture as trial {int(row['reused_from'])}: result reused")
     if isinstance(row.get("infeasible_reason"), str):
         lines.append(f"not trained: {html.escape(row['infeasible_reason'])}")
+    low, high = row.get("latency_ci_low_ms"), row.get("latency_ci_high_ms")
+    if isinstance(low, float) and isinstance(high, float) and math.isfinite(low) and math.isfinite(high):
+        lines.append(f"latency 95% interval {low:.2f}–{high:.2f} ms")
+    if isinstance(row.get("latency_contamination"), str):
+        lines.append(f"latency suspect, the machine was busy: {html.escape(row['latency_contamination'])}")
     return "<br>".join(lines)
 
 
@@ -239,9 +245,12 @@ def _copyable(text: str) -> str:
 
 def _summary(study: optuna.Study, frame: pd.DataFrame, history: pd.DataFrame, reference: ReferencePoint) -> str:
     states = trials_frame(study)["state"].value_counts() if study.trials else pd.Series(dtype=int)
-    fingerprint = next((fp for fp in frame.get("profile_fingerprint", []) if isinstance(fp, dict)), {})
-    device = " · ".join(text.format(fingerprint[key]) for key, text in
-                        (("device_name", "{}"), ("torch", "torch {}"), ("threads", "{} threads")) if key in fingerprint)
+    machines = sorted({" · ".join(text.format(fp[key]) for key, text in
+                                  (("device_name", "{}"), ("torch", "torch {}"), ("threads", "{} threads"))
+                                  if key in fp)
+                       for fp in frame.get("profile_fingerprint", []) if isinstance(fp, dict)})
+    device = " | ".join(machines) + (f" ({len(machines)} environments: their latencies do not compare)"
+                                     if len(machines) > 1 else "")
     facts = {
         "study": study.study_name, "space": study.user_attrs.get("space", "?"),
         "objectives": ", ".join(study.user_attrs.get("objectives", [])),

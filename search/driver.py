@@ -65,6 +65,7 @@ class DriverSettings:
     proxy_settings: dict[str, Any]
     latency_settings: dict[str, Any]
     cache_path: str | None
+    reference: dict[str, Any] | None  # the network timed in every round of a profiling window (C1's target)
     num_classes: int
     in_chans: int
     max_retries: int = 1
@@ -118,8 +119,8 @@ class Scheduler:
         self.beside = trains_beside_profiling  # other nodes train while one profiles
         self.window_open = False
 
-    def next(self, plans: list[Plan]) -> tuple[list[Plan], Plan | None]:
-        """The plans to start training now, and the plan to start profiling (or None)."""
+    def next(self, plans: list[Plan]) -> tuple[list[Plan], list[Plan]]:
+        """The plans to start training now, and the plans to profile together now."""
         waiting = sorted((p for p in plans if p.stage is Stage.CHECKED), key=lambda p: p.since)
         profiling = any(p.stage is Stage.PROFILING for p in plans)
         ready = sorted((p for p in plans if p.stage is Stage.PROFILED), key=lambda p: p.since)
@@ -130,7 +131,7 @@ class Scheduler:
         if not self.window_open or self.beside:
             to_train = ready[: max(0, self.capacity - training)]
             self.window_open = bool(waiting) and len(to_train) == len(ready)
-        to_profile = waiting[0] if self.window_open and waiting and not profiling else None
+        to_profile = waiting if self.window_open and not profiling else []
         return to_train, to_profile
 
 
@@ -301,7 +302,8 @@ class Driver:
         plan.record.update(**jobs.cheap_metrics(plan.target))
         if self._over_budget(plan):
             return
-        cached = jobs.cached_profile(plan.target, self.settings.latency_settings, self.settings.cache_path)
+        cached = jobs.cached_profile(plan.target, self.settings.latency_settings, self.settings.cache_path,
+                                     self.settings.reference)
         if cached is None:
             self._move(plan, Stage.CHECKED)
         else:
@@ -324,7 +326,12 @@ class Driver:
             latency_p90_ms=profile["p90_ms"], latency_iqr_ms=profile["iqr_ms"], latency_samples=profile["n_samples"],
             peak_memory_bytes=profile.get("peak_memory_bytes"), profile_fingerprint=profile.get("fingerprint"),
             profile_settings=profile.get("settings"), profile_node_id=profile.get("node_id"),
-            profile_host=profile.get("host"))
+            profile_host=profile.get("host"), latency_ci_low_ms=profile.get("ci_low_ms"),
+            latency_ci_high_ms=profile.get("ci_high_ms"), latency_ci_rel_half_width=profile.get("ci_rel_half_width"),
+            latency_rounds=profile.get("rounds"), latency_reference=profile.get("reference"),
+            latency_raw_median_ms=profile.get("raw_median_ms"), latency_window=profile.get("window"),
+            latency_contamination=profile.get("contamination") if profile.get("contaminated") else None,
+            load_foreign_cpu=profile.get("foreign_cpu"), load_steal=profile.get("steal"))
         if not self._over_budget(plan):
             self._move(plan, Stage.PROFILED)
 
@@ -336,11 +343,14 @@ class Driver:
                 jobs.train_candidate, plan.proxy.to_dict(), self.settings.data, None, self.settings.proxy_settings, name=f"train_trial_{plan.trial.number}",
                 num_cpus=self.settings.trial_cpus, num_gpus=self.settings.trial_gpus)
             self._move(plan, Stage.TRAINING)
-        if to_profile is not None:
-            to_profile.job = self.executor.submit_exclusive(
-                jobs.profile_target, to_profile.target.to_dict(), self.settings.latency_settings,
-                self.settings.cache_path, name=f"profile_trial_{to_profile.trial.number}")
-            self._move(to_profile, Stage.PROFILING)
+        if to_profile:
+            job = self.executor.submit_exclusive(
+                jobs.profile_window_job, [p.target.to_dict() for p in to_profile], self.settings.reference,
+                self.settings.latency_settings, self.settings.cache_path,
+                name=f"profile_trials_{'_'.join(str(p.trial.number) for p in to_profile)}")
+            for plan in to_profile:  # one job, one window: each takes its own result
+                plan.job = job
+                self._move(plan, Stage.PROFILING)
 
     # ------------------------------------------------------------------ results
     def _collect(self, timeout: float) -> None:
@@ -370,8 +380,8 @@ class Driver:
         if plan is not None and epoch < epochs:  # the last epoch's result comes with the trial's end
             self._status(f"{plan.label}: epoch {epoch}/{epochs}, acc {accuracy:.3f} so far")
 
-    def _profiled(self, plan: Plan, profile: dict[str, Any]) -> None:
-        self._take_profile(plan, profile)
+    def _profiled(self, plan: Plan, window: dict[str, dict[str, Any]]) -> None:
+        self._take_profile(plan, window[plan.record.arch_hash])
 
     def _trained(self, plan: Plan, result: dict[str, Any]) -> None:
         plan.record.update(

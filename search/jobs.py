@@ -34,6 +34,21 @@ def profile_target(target: dict[str, Any], settings: dict[str, Any], cache_path:
     return {**result.to_dict(), **where_am_i(), "started_at": started_at, "finished_at": time.time()}
 
 
+def profile_window_job(targets: list[dict[str, Any]], reference: dict[str, Any], settings: dict[str, Any],
+                       cache_path: str | None, remeasure: bool = False) -> dict[str, dict[str, Any]]:
+    """Anchored latencies (with intervals), params and MACs of a window of targets timed
+    together with `reference` in every round (`search.profile.profile_window`), by arch hash.
+    Runs alone on the profiling node, like `profile_target`."""
+    from .profile import LatencySettings, ProfileCache, profile_window
+
+    started_at = time.time()
+    cache = ProfileCache(cache_path) if cache_path else None
+    results = profile_window([ArchConfig.from_dict(t) for t in targets], ArchConfig.from_dict(reference),
+                             LatencySettings.from_dict(settings), cache, remeasure=remeasure)
+    where = {**where_am_i(), "started_at": started_at, "finished_at": time.time()}
+    return {r.arch_hash: {**r.to_dict(), **where} for r in results}
+
+
 def train_candidate(proxy: dict[str, Any], data: "str | ImageDataset", data_root: str | None,
                     settings: dict[str, Any], progress: Any = None, tag: Any = None) -> dict[str, Any]:
     """Short proxy training; returns a `ProxyResult` as a dict (failures included, not raised),
@@ -82,11 +97,14 @@ def cheap_metrics(target: ArchConfig) -> dict[str, float]:
     return {"params": float(params), "macs": float(analytic_macs(target))}
 
 
-def cached_profile(target: ArchConfig, settings: dict[str, Any], cache_path: str | None) -> dict[str, Any] | None:
-    """The cached profile of `target` on this machine, or None (then it must be measured)."""
+def cached_profile(target: ArchConfig, settings: dict[str, Any], cache_path: str | None,
+                   reference: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The cached profile of `target` on this machine (anchored to `reference` when given:
+    never one anchored to another), or None (then it must be measured)."""
     if not cache_path:
         return None
     from .profile import LatencySettings, ProfileCache, lookup_profile
 
-    hit = lookup_profile(target, LatencySettings.from_dict(settings), ProfileCache(cache_path))
+    anchor = ArchConfig.from_dict(reference) if reference else None
+    hit = lookup_profile(target, LatencySettings.from_dict(settings), ProfileCache(cache_path), reference=anchor)
     return None if hit is None else hit.to_dict()

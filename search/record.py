@@ -43,6 +43,16 @@ class TrialRecord:
     latency_p90_ms: float | None = None
     latency_iqr_ms: float | None = None
     latency_samples: int | None = None
+    latency_ci_low_ms: float | None = None  # 95% interval of the anchored median (bootstrap over rounds)
+    latency_ci_high_ms: float | None = None
+    latency_ci_rel_half_width: float | None = None  # the precision reached
+    latency_rounds: int | None = None
+    latency_reference: dict[str, Any] | None = None  # the network it is anchored to: arch hash, median ms
+    latency_raw_median_ms: float | None = None  # before anchoring
+    latency_window: str | None = None  # measurements of one window compare directly
+    latency_contamination: str | None = None  # set when the machine was too busy to trust the number
+    load_foreign_cpu: float | None = None  # cores other processes used while it was timed
+    load_steal: float | None = None
     peak_memory_bytes: float | None = None
     profile_fingerprint: dict[str, Any] | None = None
     profile_settings: dict[str, Any] | None = None

@@ -108,6 +108,11 @@ class ProfileOverrides:
     batch_size: Optional[int] = _key(None, "batch size of latency timing (>= 1); default: the space's")
     min_time_s: float = _key(1.0, "time each candidate for at least this long (> 0, at most 3600)")
     min_iters: int = _key(10, "and at least this many forward passes (>= 1)")
+    clock: str = _key("wall", "wall: what a user waits for; cpu: process CPU time, for machines shared with "
+                              "other work", ("wall", "cpu"))
+    target_rel_ci: float = _key(0.01, "time a window until each latency's 95% interval is within this "
+                                      "fraction (> 0)")
+    max_time_s: float = _key(60.0, "at most this long per profiling window (> 0)")
     cache: Optional[str] = _key(None, "profile cache file; default: <results_dir>/profile_cache.sqlite, shared by studies")
     node: Optional[str] = _key(None, "Ray: the node that measures latency (node id prefix, IP or host); "
                                      "default: the driver's")
@@ -260,6 +265,7 @@ def _check_choices(s: RunSettings) -> None:
                                 + (f" (did you mean {hint[0]!r}?)" if hint else ""))
 
     choose("executor", s.executor, EXECUTORS)
+    choose("profile.clock", s.profile.clock, ("wall", "cpu"))
     choose("search.sampler", s.search.sampler, SAMPLERS)
     for objective in s.search.objectives:
         choose("search.objectives", objective, tuple(OBJECTIVES))
@@ -314,6 +320,8 @@ def _check_values(s: RunSettings) -> None:
     number("profile.batch_size", 1, high=4096)
     number("profile.min_time_s", 0, above=True, high=3600)
     number("profile.min_iters", 1, high=1_000_000, optional=False)
+    number("profile.target_rel_ci", 0, above=True, high=1)
+    number("profile.max_time_s", 0, above=True, high=86400)
     for key in ("proxy.device", "profile.device"):
         device = getattr(getattr(s, key.split(".")[0]), "device")
         need(key, device is None or bool(re.fullmatch(r"auto|cpu|cuda(:\d{1,2})?", device)),

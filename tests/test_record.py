@@ -58,13 +58,27 @@ def test_scheduler_holds_training_while_a_profiling_window_is_open():
     # What is ready starts training; then the window opens (the exclusive profiling job
     # itself waits until running trainings have finished).
     train, profile = scheduler.next([waiting, ready])
-    assert train == [ready] and profile is waiting and scheduler.window_open
+    assert train == [ready] and profile == [waiting] and scheduler.window_open
     ready.stage = Stage.TRAINING
     waiting.stage, late = Stage.PROFILING, _plan(Stage.PROFILED, 2)
-    assert scheduler.next([waiting, ready, late]) == ([], None)  # the window stays shut to training
+    assert scheduler.next([waiting, ready, late]) == ([], [])  # the window stays shut to training
     waiting.stage = Stage.PROFILED
     train, profile = scheduler.next([waiting, ready, late])
-    assert train == [waiting] and profile is None and not scheduler.window_open  # first come, first served
+    assert train == [waiting] and profile == [] and not scheduler.window_open  # first come, first served
+
+
+def test_a_window_profiles_every_waiting_candidate_together():
+    scheduler = Scheduler(capacity=1)
+    waiting = [_plan(Stage.CHECKED, i) for i in range(3)]
+    train, profile = scheduler.next([*waiting, _plan(Stage.TRAINING, 9)])
+    assert train == [] and profile == waiting
+
+
+def test_other_nodes_keep_training_while_one_profiles():
+    scheduler = Scheduler(capacity=2, trains_beside_profiling=True)
+    profiling, ready = _plan(Stage.PROFILING, 0), _plan(Stage.PROFILED, 1)
+    scheduler.window_open = True
+    assert scheduler.next([profiling, ready]) == ([ready], [])
 
 
 def test_an_objective_is_one_table_entry(tiny_space: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
