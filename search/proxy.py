@@ -27,6 +27,7 @@ from timm.optim import param_groups_weight_decay
 from ascan import ArchConfig, build_model
 
 from .data import DataSplit, Normalizer, random_crop_flip
+from .estimate import binomial_se
 
 EpochCallback = Callable[[int, float], None]
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "none": None}
@@ -45,8 +46,8 @@ class ProxySettings:
     label_smoothing: float = 0.1
     train_size: int = 10000
     val_size: int = 2000
-    seed: int = 0  # weights, data order and augmentation
-    data_seed: int = 0  # which images form the train subset and the validation slice
+    seed: int = 0  # weights, data order and augmentation: what a replicate varies (estimate.replicate_seed)
+    data_seed: int = 0  # which images form the train subset and the validation slice: fixed across replicates
     num_threads: int = 2
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp_dtype: str = "bfloat16"  # CUDA only: bfloat16 | float16 | none
@@ -107,7 +108,9 @@ def preset(name: str, **overrides: Any) -> ProxySettings:
 @dataclass(frozen=True)
 class ProxyResult:
     """What a proxy training gives the search. `val_accuracy` is top-1 in 0..1 on the split's
-    scoring images after the last epoch (0.0 when failed); `curve` holds one value per epoch."""
+    scoring images after the last epoch (0.0 when failed): `val_correct` of `val_count` images
+    (0 of 0 when failed); `curve` holds one value per epoch. `seed` is the training seed, which
+    tells replicates apart (see `search.estimate`)."""
 
     status: str  # "ok" | "failed"
     failure_reason: str | None
@@ -118,14 +121,23 @@ class ProxyResult:
     wall_time_s: float  # everything: build, transfer, training, evaluation
     epochs_done: int
     device: str
+    val_correct: int
+    val_count: int
+    seed: int
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
+    @property
+    def val_se(self) -> float:
+        """The validation-sampling standard error of `val_accuracy` (binomial); NaN when failed."""
+        return binomial_se(self.val_accuracy, self.val_count) if self.val_count else math.nan
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["curve"], data["train_loss_curve"] = list(self.curve), list(self.train_loss_curve)
+        data["val_se"] = self.val_se
         return data
 
 
@@ -164,12 +176,14 @@ def fit(model: nn.Module, data: DataSplit, settings: ProxySettings,
     device = resolve_device(settings.device)
     curve: list[float] = []
     losses: list[float] = []
-    train_seconds, train_images = 0.0, 0
+    train_seconds, train_images, correct = 0.0, 0, 0
+    val_count = len(data.y_val)
 
     def result(reason: str | None = None) -> ProxyResult:
         return ProxyResult("failed" if reason else "ok", reason, 0.0 if reason else curve[-1], tuple(curve),
                            tuple(losses), train_images / max(train_seconds, 1e-9), time.perf_counter() - started,
-                           len(curve), str(device))
+                           len(curve), str(device), 0 if reason else correct, 0 if reason else val_count,
+                           settings.seed)
 
     with _runtime(settings, device):
         try:
@@ -181,7 +195,7 @@ def fit(model: nn.Module, data: DataSplit, settings: ProxySettings,
         for epoch in range(1, settings.epochs + 1):
             try:
                 mean_loss, seconds, images = loop.train_epoch(epoch)
-                accuracy = loop.evaluate()
+                correct = loop.count_correct()
             except NonFiniteLoss as err:
                 return result(str(err))
             except Exception as err:
@@ -191,9 +205,9 @@ def fit(model: nn.Module, data: DataSplit, settings: ProxySettings,
                 return result(f"out of memory in epoch {epoch} at batch size {settings.batch_size} on {device}")
             losses.append(mean_loss)
             train_seconds, train_images = train_seconds + seconds, train_images + images
-            curve.append(accuracy)
+            curve.append(correct / max(val_count, 1))
             if on_epoch is not None:
-                on_epoch(epoch, accuracy)  # may raise to stop the trial: let it through
+                on_epoch(epoch, curve[-1])  # may raise to stop the trial: let it through
     return result()
 
 
@@ -263,10 +277,10 @@ class TrainLoop:
         self.scheduler.step()
         return loss.detach()
 
-    def evaluate(self) -> float:
-        """Top-1 accuracy on the split's scoring images, in eval mode."""
-        return _accuracy(self.model, self.data.x_val, self.data.y_val, self.normalize, self.settings,
-                         self.autocast, self.memory_format)
+    def count_correct(self) -> int:
+        """Top-1 hits on the split's scoring images, in eval mode."""
+        return _count_correct(self.model, self.data.x_val, self.data.y_val, self.normalize, self.settings,
+                              self.autocast, self.memory_format)
 
     def release(self) -> None:
         """Drop optimizer state and cached GPU blocks after an out-of-memory failure."""
@@ -281,8 +295,9 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, data:
     reports), normalised with `data`'s training statistics, on the model's current device."""
     device = next(model.parameters()).device
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
-    return _accuracy(model, images.to(device), labels.to(device), Normalizer(data.mean, data.std, device),
-                     settings, _autocast_for(device, settings), memory_format)
+    correct = _count_correct(model, images.to(device), labels.to(device), Normalizer(data.mean, data.std, device),
+                             settings, _autocast_for(device, settings), memory_format)
+    return correct / max(len(labels), 1)
 
 
 def _amp_dtype(device: torch.device, settings: ProxySettings) -> torch.dtype | None:
@@ -295,8 +310,8 @@ def _autocast_for(device: torch.device, settings: ProxySettings) -> Callable[[],
 
 
 @torch.inference_mode()
-def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize: Normalizer,
-              settings: ProxySettings, autocast: Callable, memory_format: torch.memory_format) -> float:
+def _count_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize: Normalizer,
+                   settings: ProxySettings, autocast: Callable, memory_format: torch.memory_format) -> int:
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=labels.device)
     for start in range(0, len(labels), settings.eval_batch_size):
@@ -304,7 +319,7 @@ def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm
         with autocast():
             logits = model(batch)
         correct += (logits.argmax(dim=1) == labels[start:start + len(batch)]).sum()
-    return correct.item() / max(len(labels), 1)
+    return int(correct.item())
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:

@@ -10,6 +10,7 @@ import torch
 from ascan import ArchConfig
 from search import data as data_mod
 from search.data import load_dataset, make_split
+from search.estimate import binomial_se, combine_replicates, replicate_seed
 from search.proxy import PRESETS, ProxySettings, evaluate, preset, train_proxy, warmup_cosine
 
 SHARED_NPZ = data_mod.project_data_dir() / "cifar10.npz"
@@ -42,7 +43,21 @@ def test_training_steps_lower_the_loss_and_report_every_epoch(smoke_split):
     first, last = result.train_loss_curve
     assert last < first - 0.05 and last < math.log(10), result.train_loss_curve  # below chance
     assert result.images_per_sec > 0 and result.wall_time_s > 0 and result.device == "cpu"
-    assert json.loads(json.dumps(result.to_dict()))["curve"] == list(result.curve)
+    assert result.val_count == len(smoke_split.y_val) == 200 and result.seed == PRESETS["smoke"].seed
+    assert result.val_accuracy == result.val_correct / result.val_count
+    assert result.val_se == binomial_se(result.val_accuracy, 200) > 0
+    stored = json.loads(json.dumps(result.to_dict()))
+    assert stored["curve"] == list(result.curve) and stored["val_se"] == result.val_se
+    assert stored["val_correct"] == result.val_correct and stored["val_count"] == 200
+
+
+def test_replicates_vary_the_training_on_the_same_scoring_images(smoke_split):
+    base = preset("smoke", epochs=1, num_threads=1)
+    runs = [train_proxy(TINY, smoke_split, base.replace(seed=replicate_seed(base.seed, k))) for k in range(3)]
+    assert [r.seed for r in runs] == [0, 1, 2] and {r.val_count for r in runs} == {200}
+    assert len({r.train_loss_curve for r in runs}) == 3  # weights, order and augmentation differ
+    estimate = combine_replicates(runs)
+    assert estimate.n == 3 and estimate.se >= estimate.val_se > 0
 
 
 def test_same_seed_same_result_and_threads_restored(smoke_split):
@@ -62,6 +77,7 @@ def test_nan_loss_returns_a_failed_result_with_reason(smoke_split):
     assert result.status == "failed" and not result.ok
     assert "non-finite training loss" in result.failure_reason and "lr=1e+06" in result.failure_reason
     assert result.epochs_done == 0 and result.curve == () and result.val_accuracy == 0.0
+    assert result.val_count == 0 and math.isnan(result.val_se)
 
 
 def test_callback_exceptions_propagate_to_stop_a_trial(smoke_split):

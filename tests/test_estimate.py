@@ -1,0 +1,67 @@
+"""Accuracy estimates: binomial scoring error, combined replicates, replicate seeds."""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+import pytest
+
+from search.estimate import AccuracyEstimate, binomial_se, combine_replicates, replicate_seed
+
+
+@dataclass(frozen=True)
+class Rep:  # the Replicate protocol, as a ProxyResult would fill it
+    val_accuracy: float
+    seed: int
+    val_count: int = 2000
+    ok: bool = True
+
+
+def test_binomial_se_is_sqrt_p_q_over_n():
+    assert binomial_se(0.5, 2000) == pytest.approx(0.01118, abs=1e-5)  # the "about 1.1 points" in the docs
+    assert binomial_se(0.5, 8000) == pytest.approx(binomial_se(0.5, 2000) / 2)
+    assert binomial_se(0.0, 100) == 0.0 and binomial_se(1.0, 100) == 0.0
+    with pytest.raises(ValueError, match="count=0"):
+        binomial_se(0.5, 0)
+    with pytest.raises(ValueError, match="accuracy=1.5"):
+        binomial_se(1.5, 10)
+
+
+def test_one_replicate_carries_the_binomial_error_only():
+    estimate = combine_replicates([Rep(0.49, seed=0)])
+    assert estimate == AccuracyEstimate(0.49, binomial_se(0.49, 2000), 1, None, binomial_se(0.49, 2000))
+
+
+def test_several_replicates_add_the_seed_spread_in_quadrature():
+    accs = [0.515, 0.484, 0.470]  # C1's three seeds, from issue 12
+    estimate = combine_replicates([Rep(a, seed=k) for k, a in enumerate(accs)])
+    mean, sd = statistics.fmean(accs), statistics.stdev(accs)
+    assert estimate.n == 3 and estimate.mean == pytest.approx(mean)
+    assert estimate.seed_sd == pytest.approx(sd, rel=1e-9)
+    assert estimate.val_se == pytest.approx(binomial_se(mean, 2000))
+    assert estimate.se == pytest.approx(math.sqrt(sd**2 / 3 + binomial_se(mean, 2000) ** 2))
+    # more seeds shrink the seed part but never below the shared slice's error
+    many = combine_replicates([Rep(a, seed=k) for k, a in enumerate(accs * 10)])
+    assert estimate.val_se < many.se < estimate.se
+    assert set(estimate.to_dict()) == {"mean", "se", "n", "seed_sd", "val_se"}
+
+
+def test_combine_refuses_what_is_not_a_replicate_set():
+    with pytest.raises(ValueError, match="no replicates"):
+        combine_replicates([])
+    with pytest.raises(ValueError, match=r"seeds \[0, 0\] repeat"):
+        combine_replicates([Rep(0.5, seed=0), Rep(0.6, seed=0)])
+    with pytest.raises(ValueError, match="replicate 1 .seed 1. failed"):
+        combine_replicates([Rep(0.5, seed=0), Rep(0.0, seed=1, ok=False)])
+    with pytest.raises(ValueError, match=r"validation sizes \[2000, 5000\] differ"):
+        combine_replicates([Rep(0.5, seed=0), Rep(0.6, seed=1, val_count=5000)])
+
+
+def test_replicate_seeds_never_repeat_and_start_at_the_base():
+    for base in (0, 7, 2**31):
+        seeds = [replicate_seed(base, k) for k in range(1000)]
+        assert seeds[0] == base and len(set(seeds)) == len(seeds)
+    for bad in ({"base_seed": -1, "k": 0}, {"base_seed": 0, "k": -1}, {"base_seed": 0, "k": 1.0}):
+        with pytest.raises(ValueError, match="must be an integer >= 0"):
+            replicate_seed(**bad)
