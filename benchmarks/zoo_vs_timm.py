@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/zoo_vs_timm.py --device cpu --batches 16 --rounds 5
 
 For every setting (device, precision, batch, memory format, compile) all models are built
-(random init, 224 px, eval mode), warmed up, then timed in interleaved rounds (A B C A B C ...)
+(random init, 224 px, eval mode, converted by `timm.utils.reparameterize_model` unless
+compiled), warmed up, then timed in interleaved rounds (A B C A B C ...)
 so that drift of a shared machine hits every model alike. The table gives params, MACs
 (attention included), median and p90 latency per batch, throughput, achieved GFLOP/s
 (2 x MACs x img/s) and each model's throughput relative to `ascan_tiny`.
@@ -26,6 +27,7 @@ import pandas as pd
 import timm
 import torch
 import torch.nn as nn
+from timm.utils import reparameterize_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ascan  # noqa: E402,F401  (registers the zoo with timm)
@@ -88,7 +90,10 @@ class Runner:
 
     def __init__(self, name: str, setting: Setting, seed: int, clock: str = "wall"):
         torch.manual_seed(seed)
-        model = timm.create_model(name).eval().to(device=setting.device, dtype=setting.dtype)
+        model = timm.create_model(name).eval()
+        if not setting.compile:  # deployed form (timm's convention; torch.compile makes its own fusions)
+            model = reparameterize_model(model, inplace=True)
+        model = model.to(device=setting.device, dtype=setting.dtype)
         x = torch.randn(setting.batch, 3, IMG_SIZE, IMG_SIZE, device=setting.device, dtype=setting.dtype)
         if setting.channels_last:
             model = model.to(memory_format=torch.channels_last)
