@@ -244,13 +244,13 @@ def _vanilla_macs(dim: int, size: int, window: int, mlp_ratio: float) -> int:
 
 def _multi_axis_macs(dim: int, size: int, window: int, mlp_ratio: float) -> int:
     """Block then grid attention over the map padded to a multiple of the window, then the MLP."""
-    windows, n = -(-size // window) ** 2, window * window
+    windows, n = math.ceil(size / window) ** 2, window * window  # windows of the padded map
     return 2 * windows * _attention_macs(n, n, dim) + _mlp_macs(size * size, dim, mlp_ratio)
 
 
 def _hierarchical_macs(dim: int, size: int, window: int, mlp_ratio: float) -> int:
     """Carrier tokens attend globally; each padded window attends over [carrier, window]; MLP."""
-    windows, n = -(-size // window) ** 2, window * window
+    windows, n = math.ceil(size / window) ** 2, window * window  # windows of the padded map
     carriers = _attention_macs(windows, windows, dim)
     local = windows * _attention_macs(1 + n, 1 + n, dim, projected=n)
     return carriers + local + _mlp_macs(size * size, dim, mlp_ratio)
