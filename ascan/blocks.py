@@ -7,8 +7,8 @@ format that conversion is a free view.
 
 C blocks (`C_BLOCK_TYPES`): `fused_mbconv` (the paper's), `mbconv`, `convnext`.
 T blocks (`T_BLOCK_TYPES`): `attention` (the paper's vanilla global attention), `multi_axis`
-(MaxViT) and `hierarchical` (FasterViT), all in the paper's parallel form
-`y = x + Attn(LN(x)) + MLP(LN(x))`.
+(MaxViT) and `hierarchical` (FasterViT), each ending in the paper's parallel form
+`y = x + Attn(LN(x)) + MLP(LN(x))` with its own attention (one MLP per T block).
 
 Choices where the paper is silent (ours):
 - The hidden width of a C block is `in_chs * expansion` and the squeeze-excite bottleneck
