@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +19,10 @@ import yaml
 
 BLOCK_LETTERS = {"C": "convolution block", "T": "transformer block"}
 C_BLOCKS = ("fused_mbconv", "mbconv", "convnext")
-T_BLOCKS = ("attention",)
+T_BLOCKS = ("attention", "multi_axis", "hierarchical")
 NUM_STAGES = 4
+# A stage is one run of C blocks and one run of T blocks, C first (the paper's order) or T first.
+STAGE_PATTERN = re.compile(r"C*T*|T*C*")
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,9 @@ class ArchConfig:
     """An AsCAN network.
 
     `layouts[i]` is the block string of stage i (`"CC"`, `"CCCT"`, ...): C is the
-    convolution block named by `c_block`, T the transformer block named by `t_block`.
+    convolution block named by `c_block`, T the transformer block named by `t_block`. A stage
+    is one run of C and one run of T blocks, in the order written: `"CCCT"` (the paper's,
+    C before T) or `"TCCC"` (T first).
     The stem has stride `stem_stride` (2 in the paper; 1 lets a 32 px proxy keep a useful
     resolution in its late stages) and every stage opens at half the resolution before it.
     `img_size` is the resolution the network is designed for: it sizes the relative
@@ -74,8 +79,8 @@ class ArchConfig:
             unknown = sorted(set(layout) - set(BLOCK_LETTERS))
             if unknown:
                 raise bad(f"layouts[{i}]", layout, f"unknown block letter {unknown[0]!r} (use C or T)")
-            if "TC" in layout:
-                raise bad(f"layouts[{i}]", layout, "C blocks must precede T blocks inside a stage")
+            if not STAGE_PATTERN.fullmatch(layout):
+                raise bad(f"layouts[{i}]", layout, "a stage is one run of C and one run of T blocks (CCTT or TTCC)")
         for name in ("stem_width", "head_width", "head_dim", "num_classes", "in_chans", "img_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

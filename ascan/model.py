@@ -15,8 +15,7 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from timm.models import checkpoint_seq
 
-from .blocks import StageDownsample, TransformerBlock, make_c_block
-from .fused import DerivedTensors, conv_bn, fast_inference
+from .blocks import ConvBn, StageDownsample, make_c_block, make_t_block
 from .config import ArchConfig
 
 __all__ = ["AsCAN", "AsCANStage", "build_model"]
@@ -31,51 +30,50 @@ class Stem(nn.Module):
 
     def __init__(self, in_chans: int, out_chs: int, stride: int):
         super().__init__()
-        mid_chs = out_chs // 2
-        self.conv1 = nn.Conv2d(in_chans, mid_chs, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid_chs)
-        self.conv2 = nn.Conv2d(mid_chs, out_chs, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_chs)
-        self.act = nn.GELU()
-        self._folded = DerivedTensors()
+        self.conv1 = ConvBn(in_chans, out_chs // 2, 3, stride=stride, gelu=True)
+        self.conv2 = ConvBn(out_chs // 2, out_chs, 3, gelu=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fast_inference(self):  # BN folded into the convs, GELU fused (see ascan.blocks)
-            x = conv_bn(x, self.conv1, self.bn1, self._folded, "conv1", gelu=True)
-            return conv_bn(x, self.conv2, self.bn2, self._folded, "conv2", gelu=True)
-        x = self.act(self.bn1(self.conv1(x)))
-        return self.act(self.bn2(self.conv2(x)))
+        return self.conv2(self.conv1(x))
 
 
 class AsCANStage(nn.Module):
-    """One stage: C blocks then T blocks, halving the resolution on entry.
+    """One stage: C blocks then T blocks (or T then C, when `layout` says so), halving the
+    resolution on entry.
 
-    The first C block strides itself; a stage that starts with T gets a `StageDownsample`.
-    NCHW -> NHWC happens once, before the first T block (a view under channels_last).
+    A stage that opens with a C block lets it stride itself; one that opens with T gets a
+    `StageDownsample`. NCHW <-> NHWC happens once, around the T blocks (views under channels_last).
     """
 
     def __init__(self, in_chs: int, out_chs: int, layout: str, cfg: ArchConfig, grid_size: tuple[int, int],
                  drop_path_rates: list[float]):
         super().__init__()
         num_c = layout.count("C")
-        self.downsample = nn.Identity() if num_c else StageDownsample(in_chs, out_chs)
-        c_blocks = []
-        for i in range(num_c):
-            c_blocks.append(make_c_block(
-                cfg.c_block, in_chs if i == 0 else out_chs, out_chs, stride=2 if i == 0 else 1,
-                expansion=cfg.expansion, se_ratio=cfg.se_ratio, drop_path=drop_path_rates[i]))
-        self.conv_blocks = nn.Sequential(*c_blocks)
+        self.t_first = layout[0] == "T"
+        self.downsample = StageDownsample(in_chs, out_chs) if self.t_first else nn.Identity()
+        c_rates = drop_path_rates[len(layout) - num_c:] if self.t_first else drop_path_rates[:num_c]
+        t_rates = drop_path_rates[:len(layout) - num_c] if self.t_first else drop_path_rates[num_c:]
+        c_in = out_chs if self.t_first else in_chs
+        self.conv_blocks = nn.Sequential(*[
+            make_c_block(cfg.c_block, c_in if i == 0 else out_chs, out_chs, stride=2 if i == 0 and not self.t_first else 1,
+                         expansion=cfg.expansion, se_ratio=cfg.se_ratio, drop_path=rate)
+            for i, rate in enumerate(c_rates)
+        ])
         self.transformer_blocks = nn.Sequential(*[
-            TransformerBlock(out_chs, head_dim=cfg.head_dim, mlp_ratio=cfg.mlp_ratio, grid_size=grid_size,
-                             drop_path=drop_path_rates[num_c + i])
-            for i in range(len(layout) - num_c)
+            make_t_block(cfg.t_block, out_chs, cfg.head_dim, cfg.mlp_ratio, grid_size, drop_path=rate)
+            for rate in t_rates
         ])
 
+    def _transformers(self, x: torch.Tensor) -> torch.Tensor:
+        if not len(self.transformer_blocks):
+            return x
+        return self.transformer_blocks(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv_blocks(self.downsample(x))
-        if len(self.transformer_blocks):
-            x = self.transformer_blocks(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return x
+        x = self.downsample(x)
+        if self.t_first:
+            return self.conv_blocks(self._transformers(x))
+        return self._transformers(self.conv_blocks(x))
 
 
 class AsCAN(nn.Module):
@@ -83,7 +81,8 @@ class AsCAN(nn.Module):
 
     `num_classes`, `in_chans`, `img_size` and `drop_path_rate` override the config's values,
     so `timm.create_model("ascan_tiny", num_classes=10)` works as for any timm model;
-    `self.config` is the resolved config the network was built from.
+    `self.config` is the resolved config the network was built from. For fast inference,
+    convert once: `timm.utils.reparameterize_model(model)` (see ascan/fused.py).
     """
 
     def __init__(
@@ -115,11 +114,8 @@ class AsCAN(nn.Module):
         self.stages = nn.Sequential(*stages)
 
         self.num_features = self.head_hidden_size = cfg.head_width
-        self.head_proj = nn.Conv2d(in_chs, cfg.head_width, 1, bias=False)
-        self.head_bn = nn.BatchNorm2d(cfg.head_width)
-        self.head_act = nn.GELU()
+        self.head_proj = ConvBn(in_chs, cfg.head_width, 1, gelu=True)
         self.fc = nn.Linear(cfg.head_width, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
-        self._folded = DerivedTensors()
         self.apply(self._init_weights)
 
     @staticmethod
@@ -158,10 +154,7 @@ class AsCAN(nn.Module):
         return self.stages(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if fast_inference(self):
-            x = conv_bn(x, self.head_proj, self.head_bn, self._folded, "head", gelu=True)
-        else:
-            x = self.head_act(self.head_bn(self.head_proj(x)))
+        x = self.head_proj(x)
         if self.global_pool != "avg":
             return x  # unpooled map, as timm models give for global_pool=''
         x = x.mean((2, 3))

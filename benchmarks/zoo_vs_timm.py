@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/zoo_vs_timm.py --device cpu --batches 16 --rounds 5
 
 For every setting (device, precision, batch, memory format, compile) all models are built
-(random init, 224 px, eval mode), warmed up, then timed in interleaved rounds (A B C A B C ...)
+(random init, 224 px, eval mode, converted by `timm.utils.reparameterize_model` unless
+compiled), warmed up, then timed in interleaved rounds (A B C A B C ...)
 so that drift of a shared machine hits every model alike. The table gives params, MACs
 (attention included), median and p90 latency per batch, throughput, achieved GFLOP/s
 (2 x MACs x img/s) and each model's throughput relative to `ascan_tiny`.
@@ -26,14 +27,25 @@ import pandas as pd
 import timm
 import torch
 import torch.nn as nn
+from timm.utils import reparameterize_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ascan  # noqa: E402,F401  (registers the zoo with timm)
+from ascan import build_model  # noqa: E402
+from ascan.zoo import ZOO_CONFIGS  # noqa: E402
 
-MODELS = ("ascan_tiny", "ascan_tiny_sym", "maxvit_tiny_tf_224", "coatnet_0_rw_224", "convnext_tiny",
+MODELS = ("ascan_tiny", "ascan_tiny_multi_axis", "ascan_tiny_hierarchical", "ascan_tiny_sym", "maxvit_tiny_tf_224", "coatnet_0_rw_224", "convnext_tiny",
           "efficientnetv2_rw_t")
 REFERENCE = "ascan_tiny"
 IMG_SIZE = 224
+# C1 (ascan_tiny) with each T block the paper ablated; ascan_tiny itself has vanilla attention.
+T_BLOCK_VARIANTS = {f"ascan_tiny_{kind}": ZOO_CONFIGS["ascan_tiny"].replace(t_block=kind)
+                    for kind in ("multi_axis", "hierarchical")}
+
+
+def create_model(name: str) -> nn.Module:
+    """A timm model by name, or one of `T_BLOCK_VARIANTS`."""
+    return build_model(T_BLOCK_VARIANTS[name]) if name in T_BLOCK_VARIANTS else timm.create_model(name)
 
 
 @dataclass(frozen=True)
@@ -88,7 +100,10 @@ class Runner:
 
     def __init__(self, name: str, setting: Setting, seed: int, clock: str = "wall"):
         torch.manual_seed(seed)
-        model = timm.create_model(name).eval().to(device=setting.device, dtype=setting.dtype)
+        model = create_model(name).eval()
+        if not setting.compile:  # deployed form (timm's convention; torch.compile makes its own fusions)
+            model = reparameterize_model(model, inplace=True)
+        model = model.to(device=setting.device, dtype=setting.dtype)
         x = torch.randn(setting.batch, 3, IMG_SIZE, IMG_SIZE, device=setting.device, dtype=setting.dtype)
         if setting.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -208,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True
-    unknown = [m for m in args.models if not timm.is_model(m)]
+    unknown = [m for m in args.models if not (timm.is_model(m) or m in T_BLOCK_VARIANTS)]
     if unknown:
         raise SystemExit(f"--models: unknown timm model {unknown[0]!r}")
     devices = {"auto": ["cpu"] + (["cuda"] if torch.cuda.is_available() else []), "cpu": ["cpu"],
@@ -218,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
 
     costs, counter = {}, ""
     for name in args.models:
-        model = timm.create_model(name).eval()
+        model = create_model(name).eval()
         macs, counter = count_macs(model)
         costs[name] = (sum(p.numel() for p in model.parameters()), macs)
     print(f"MACs per 224 px image by {counter}; GFLOP/s = 2 x MACs x img/s.\n")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -28,6 +28,7 @@ with warnings.catch_warnings():
 from torch.utils.flop_counter import FlopCounterMode
 
 from ascan import ArchConfig
+from ascan.blocks import WINDOW_SIZE
 
 from .profile_cache import ProfileError, one_line
 
@@ -146,27 +147,38 @@ def analytic_macs(cfg: ArchConfig, img_size: int | None = None) -> int:
     """MACs per image of `ascan.build_model(cfg)` at `img_size` (default: the config's), by hand.
 
     Written from ascan/model.py and ascan/blocks.py, block by block, so that a change in the
-    model that the counter would silently absorb shows up as a disagreement.
+    model that the counter would silently absorb shows up as a disagreement. A C or T block
+    without a formula here raises `ProfileError` (never another block's MACs).
     """
+    c_formula = _formula(_C_BLOCK_MACS, "c_block", cfg.c_block)
+    t_formula = _formula(_T_BLOCK_MACS, "t_block", cfg.t_block)
     size = cfg.img_size if img_size is None else img_size
     mid = cfg.stem_width // 2
     size = _conv_out(size, 3, cfg.stem_stride, 1)
     total = _conv_macs(size, cfg.in_chans, mid, 3) + _conv_macs(size, mid, cfg.stem_width, 3)
     in_chs = cfg.stem_width
-    for layout, width in zip(cfg.layouts, cfg.widths):
-        num_c = layout.count("C")
-        if num_c == 0:  # StageDownsample: 3x3 stride-2 conv
+    for layout, width, design in zip(cfg.layouts, cfg.widths, cfg.stage_resolutions()):
+        num_c, t_first = layout.count("C"), layout[0] == "T"
+        if t_first:  # StageDownsample: 3x3 stride-2 conv
             size = _conv_out(size, 3, 2, 1)
             total += _conv_macs(size, in_chs, width, 3)
             in_chs = width
         for i in range(num_c):
-            macs, size = _c_block_macs(cfg, in_chs, width, 2 if i == 0 else 1, size)
+            macs, size = c_formula(cfg, in_chs, width, 2 if i == 0 and not t_first else 1, size)
             total += macs
             in_chs = width
-        total += (len(layout) - num_c) * _t_block_macs(width, size * size, cfg.mlp_ratio)
+        window = min(WINDOW_SIZE, design)  # windowed T blocks' design window (ascan/blocks.py)
+        total += (len(layout) - num_c) * t_formula(width, size, min(window, size), cfg.mlp_ratio)
     total += _conv_macs(size, in_chs, cfg.head_width, 1)  # head_proj
     total += cfg.head_width * cfg.num_classes if cfg.num_classes > 0 else 0  # fc
     return total
+
+
+def _formula(table: dict[str, Callable], field_name: str, block: str) -> Callable:
+    if block not in table:
+        raise ProfileError(f"analytic_macs: no MAC formula for ArchConfig.{field_name}={block!r} "
+                           f"(known: {', '.join(table)}); add one in search/macs.py")
+    return table[block]
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -177,35 +189,75 @@ def _conv_macs(out_size: int, in_chs: int, out_chs: int, kernel: int, groups: in
     return out_size * out_size * out_chs * (in_chs // groups) * kernel * kernel
 
 
-def _c_block_macs(cfg: ArchConfig, in_chs: int, out_chs: int, stride: int, size: int) -> tuple[int, int]:
-    """MACs of one C block and its output size."""
-    mid = int(in_chs * cfg.expansion)
-    if cfg.c_block == "convnext":
-        # timm's ConvNeXtBlock: 7x7 depthwise (channel multiplier out/in), Linear MLP of width out*ratio.
-        out = _conv_out(size, 7, stride, ((stride - 1) + 6) // 2)
-        hidden = int(cfg.expansion * out_chs)
-        macs = _conv_macs(out, in_chs, out_chs, 7, groups=in_chs) + 2 * out * out * out_chs * hidden
-    else:
-        out = _conv_out(size, 3, stride, 1)
-        rd = max(1, round(in_chs * cfg.se_ratio)) if cfg.se_ratio > 0 else 0
-        se = 2 * mid * rd  # two 1x1 convs on the pooled 1x1 map
-        if cfg.c_block == "fused_mbconv":
-            expand = _conv_macs(out, in_chs, mid, 3)
-        else:  # mbconv: 1x1 expand at the input size, then 3x3 depthwise
-            expand = _conv_macs(size, in_chs, mid, 1) + _conv_macs(out, mid, mid, 3, groups=mid)
-        macs = expand + se + _conv_macs(out, mid, out_chs, 1)
-    # timm's Downsample shortcut: 2x2 average pool, then a 1x1 conv only when the width changes.
-    if in_chs != out_chs:
-        macs += _conv_macs(out, in_chs, out_chs, 1)
-    return macs, out
+# C blocks: (cfg, in_chs, out_chs, stride, size) -> (MACs, output size)
+def _shortcut_macs(in_chs: int, out_chs: int, out: int) -> int:
+    """timm's Downsample shortcut: 2x2 average pool, then a 1x1 conv only when the width changes."""
+    return _conv_macs(out, in_chs, out_chs, 1) if in_chs != out_chs else 0
 
 
-def _t_block_macs(dim: int, tokens: int, mlp_ratio: float) -> int:
-    """qkv + QK^T + AV + proj + MLP of the parallel T block on `tokens` tokens of width `dim`."""
-    hidden = int(dim * mlp_ratio)
-    linear = tokens * dim * (3 * dim + dim + 2 * hidden)
-    attention = 2 * tokens * tokens * dim  # summed over heads: heads * head_dim = dim
-    return linear + attention
+def _se_macs(cfg: ArchConfig, in_chs: int, mid: int) -> int:
+    rd = max(1, round(in_chs * cfg.se_ratio)) if cfg.se_ratio > 0 else 0
+    return 2 * mid * rd  # two 1x1 convs on the pooled 1x1 map
+
+
+def _fused_mbconv_macs(cfg: ArchConfig, in_chs: int, out_chs: int, stride: int, size: int) -> tuple[int, int]:
+    mid, out = int(in_chs * cfg.expansion), _conv_out(size, 3, stride, 1)
+    macs = _conv_macs(out, in_chs, mid, 3) + _se_macs(cfg, in_chs, mid) + _conv_macs(out, mid, out_chs, 1)
+    return macs + _shortcut_macs(in_chs, out_chs, out), out
+
+
+def _mbconv_macs(cfg: ArchConfig, in_chs: int, out_chs: int, stride: int, size: int) -> tuple[int, int]:
+    mid, out = int(in_chs * cfg.expansion), _conv_out(size, 3, stride, 1)
+    expand = _conv_macs(size, in_chs, mid, 1) + _conv_macs(out, mid, mid, 3, groups=mid)  # 1x1 at the input size
+    macs = expand + _se_macs(cfg, in_chs, mid) + _conv_macs(out, mid, out_chs, 1)
+    return macs + _shortcut_macs(in_chs, out_chs, out), out
+
+
+def _convnext_macs(cfg: ArchConfig, in_chs: int, out_chs: int, stride: int, size: int) -> tuple[int, int]:
+    # timm's ConvNeXtBlock: 7x7 depthwise (channel multiplier out/in), Linear MLP of width out*ratio.
+    out = _conv_out(size, 7, stride, ((stride - 1) + 6) // 2)
+    hidden = int(cfg.expansion * out_chs)
+    macs = _conv_macs(out, in_chs, out_chs, 7, groups=in_chs) + 2 * out * out * out_chs * hidden
+    return macs + _shortcut_macs(in_chs, out_chs, out), out
+
+
+_C_BLOCK_MACS: dict[str, Callable] = {"fused_mbconv": _fused_mbconv_macs, "mbconv": _mbconv_macs,
+                                      "convnext": _convnext_macs}
+
+
+# T blocks: (dim, map size, window at this size, mlp_ratio) -> MACs
+def _attention_macs(tokens: int, queries: int, dim: int, projected: int | None = None) -> int:
+    """qkv on `tokens`, QK^T + AV of `queries` x `tokens` summed over heads, proj on `projected` (default all)."""
+    projected = tokens if projected is None else projected
+    return tokens * dim * 3 * dim + 2 * queries * tokens * dim + projected * dim * dim
+
+
+def _mlp_macs(tokens: int, dim: int, mlp_ratio: float) -> int:
+    return 2 * tokens * dim * int(dim * mlp_ratio)
+
+
+def _vanilla_macs(dim: int, size: int, window: int, mlp_ratio: float) -> int:
+    """Global attention over all tokens, MLP in parallel."""
+    tokens = size * size
+    return _attention_macs(tokens, tokens, dim) + _mlp_macs(tokens, dim, mlp_ratio)
+
+
+def _multi_axis_macs(dim: int, size: int, window: int, mlp_ratio: float) -> int:
+    """Block then grid attention over the map padded to a multiple of the window, then the MLP."""
+    windows, n = math.ceil(size / window) ** 2, window * window  # windows of the padded map
+    return 2 * windows * _attention_macs(n, n, dim) + _mlp_macs(size * size, dim, mlp_ratio)
+
+
+def _hierarchical_macs(dim: int, size: int, window: int, mlp_ratio: float) -> int:
+    """Carrier tokens attend globally; each padded window attends over [carrier, window]; MLP."""
+    windows, n = math.ceil(size / window) ** 2, window * window  # windows of the padded map
+    carriers = _attention_macs(windows, windows, dim)
+    local = windows * _attention_macs(1 + n, 1 + n, dim, projected=n)
+    return carriers + local + _mlp_macs(size * size, dim, mlp_ratio)
+
+
+_T_BLOCK_MACS: dict[str, Callable] = {"attention": _vanilla_macs, "multi_axis": _multi_axis_macs,
+                                      "hierarchical": _hierarchical_macs}
 
 
 def _is_heavy(op: str) -> bool:

@@ -44,6 +44,7 @@ import scipy.stats
 import timm
 import torch
 import torch.nn as nn
+from timm.utils import reparameterize_model
 
 import ascan
 from ascan import ArchConfig, build_model
@@ -224,11 +225,13 @@ def fingerprint_hash(fingerprint: dict[str, Any]) -> str:
     return stable_hash(fingerprint)
 
 
-def _ascan_code_hash() -> str:
-    """Hash of the model code: a change to the blocks (say, a faster inference path) makes old
-    latencies stale, so it is part of the fingerprint."""
-    package = Path(ascan.__file__).parent
-    return stable_hash({name: (package / name).read_text() for name in ("blocks.py", "model.py", "config.py")})
+def _ascan_code_hash(package: Path | None = None) -> str:
+    """Hash of the code that builds and runs a model: every .py file of the `ascan` package
+    (`package`, default the imported one), zoo YAMLs excluded. A change to a block or to the
+    inference conversion (ascan/fused.py) makes old latencies stale, so it is in the fingerprint."""
+    package = Path(ascan.__file__).parent if package is None else package
+    return stable_hash({path.relative_to(package).as_posix(): path.read_text()
+                        for path in sorted(package.rglob("*.py"))})
 
 
 def _cpu_model() -> str:
@@ -402,8 +405,14 @@ def _prepare(model: nn.Module, settings: LatencySettings, copy_model: bool) -> t
     try:
         # Copied outside inference mode: parameters copied inside it become inference
         # tensors, which is not how a deployed model holds its weights.
+        # Timed as deployed: converted once to its inference form (folded BN, fused kernels),
+        # except under torch.compile, which makes its own fusions from the plain modules.
         runner = getattr(model, "_orig_mod", model)
-        runner = (copy.deepcopy(runner) if copy_model else runner).eval()
+        if settings.compile:
+            runner = copy.deepcopy(runner) if copy_model else runner
+        else:
+            runner = reparameterize_model(runner, inplace=not copy_model)
+        runner = runner.eval()
         runner.to(device=device, dtype=dtype, memory_format=memory_format)
         generator = torch.Generator().manual_seed(0)  # fixed input: values can matter (denormals)
         x = torch.randn(shape, generator=generator).to(device=device, dtype=dtype, memory_format=memory_format)

@@ -331,7 +331,8 @@ def describe(space: SearchSpace, examples: int = 5) -> str:
     t, p, c = space.target, space.proxy, space.constraints
     per_layout = space.count() // space.count_layouts()
     shown = lambda value: "+".join(value) if isinstance(value, tuple) else value  # noqa: E731
-    active = ["c_before_t"] + [f"{f.name}={shown(getattr(c, f.name))}" for f in fields(c) if getattr(c, f.name) != f.default]
+    active = ["c_before_t" if c.c_before_t else "c_before_t=false"] + [
+        f"{f.name}={shown(getattr(c, f.name))}" for f in fields(c) if f.name != "c_before_t" and getattr(c, f.name) != f.default]
     lines = [
         f"space {space.name} ({display_path(space.path)})" + (f": {space.description}" if space.description else ""),
         f"{space.count()} candidates = {space.count_layouts()} layouts x {per_layout} block/width choices",
@@ -345,7 +346,8 @@ def describe(space: SearchSpace, examples: int = 5) -> str:
     lines += ["budget: " + ", ".join(ceilings)] if ceilings else []
     lines.append("examples:")
     for cand in _examples(space, examples):
-        lines.append(f"  {cand.layout}  {space.family(cand)}  c_block={cand.c_block}  hash {space.target_config(cand).arch_hash}")
+        lines.append(f"  {cand.layout}  {space.family(cand)}  c_block={cand.c_block}  t_block={cand.t_block}  "
+                     f"hash {space.target_config(cand).arch_hash}")
         lines.append(f"      target {space.target_config(cand).short_name()}")
         lines.append(f"      proxy  {space.proxy_config(cand, num_classes=10).short_name()}")
     return "\n".join(lines)

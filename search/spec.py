@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ascan.config import C_BLOCKS, NUM_STAGES, T_BLOCKS
+from ascan.config import C_BLOCKS, NUM_STAGES, STAGE_PATTERN, T_BLOCKS
 
 from . import safe_yaml
 
@@ -139,12 +139,15 @@ class ReportSettings:
 
 @dataclass(frozen=True)
 class Constraints:
-    """Named constraints on whole layouts. C before T inside a stage always holds (paper)."""
+    """Named constraints on whole layouts. `c_before_t` (default, the paper's order): C blocks
+    precede T blocks inside every stage; false lets listed layouts state each stage's order
+    (`TCCC`). Orders never change a layout's family: counts decide it."""
 
     t_non_decreasing: bool = False
     min_total_t: int | None = None
     max_total_t: int | None = None
     families: tuple[str, ...] = FAMILIES
+    c_before_t: bool = True
 
     def allows_step(self, prev_t: int, t: int) -> bool:
         return not self.t_non_decreasing or t >= prev_t
@@ -243,6 +246,9 @@ def read_spec(path: Path) -> Spec:
         raise read.fail("description", f"expected a string, got {_kind(description)}")
     constraints = _read_constraints(read, top.get("constraints"))
     rules, widths = _read_stages(read, top.get("stages"), with_rules="layouts" not in top)
+    if not constraints.c_before_t and "layouts" not in top:
+        raise read.fail("constraints.c_before_t", "false needs a `layouts:` list that states each stage's order "
+                        "(stage rules put C first)")
     blocks = read.mapping(top.get("blocks"), "blocks", ("c", "t"))
     spec = Spec(
         name=path.stem, path=path, file=file, description=description,
@@ -346,9 +352,7 @@ class _Reader:
 
 
 def _read_constraints(read: _Reader, value: Any) -> Constraints:
-    data = dict(read.mapping(value, "constraints", ("c_before_t", *(f.name for f in fields(Constraints)))))
-    if data.pop("c_before_t", True) is not True:
-        raise read.fail("constraints.c_before_t", "always true: C blocks precede T blocks inside a stage (paper)")
+    data = dict(read.mapping(value, "constraints", tuple(f.name for f in fields(Constraints))))
     families = read.names(data.pop("families", list(FAMILIES)), "constraints.families", FAMILIES)
     types = {f.name: f.type for f in fields(Constraints)}
     values = {name: read.setting(v, f"constraints.{name}", types[name], None) for name, v in data.items()}
@@ -405,7 +409,10 @@ def _read_layouts(read: _Reader, value: Any, constraints: Constraints) -> tuple[
                    else "has an empty stage" if not all(stages)
                    else f"has a stage longer than {MAX_STAGE_DEPTH} blocks" if max(map(len, stages)) > MAX_STAGE_DEPTH
                    else "uses letters other than C and T" if set(text) - set("CT-")
-                   else "puts a T block before a C block (c_before_t)" if any("TC" in s for s in stages)
+                   else "puts a T block before a C block (c_before_t)" if constraints.c_before_t
+                   and any("TC" in s for s in stages)
+                   else "mixes C and T blocks inside a stage (one run of each: CCTT or TTCC)"
+                   if not all(STAGE_PATTERN.fullmatch(s) for s in stages)
                    else f"repeats layouts[{seen[stages]}]" if stages in seen
                    else f"breaks constraint {constraints.violation(stages)}" if constraints.violation(stages)
                    else None)

@@ -1,8 +1,9 @@
-"""The inference fast path (folded BatchNorm, fused oneDNN kernels, cached bias) computes what the
-plain modules compute, on real CIFAR-10 images, for every block kind and memory format.
+"""The inference form (`timm.utils.reparameterize_model`: folded BatchNorm, fused oneDNN kernels,
+cached bias) computes what the plain modules compute, on real CIFAR-10 images, for every block
+kind and memory format.
 
-The reference is the same model in eval mode with autograd on: that runs the plain modules
-(conv, BatchNorm, GELU, SDPA with a freshly gathered bias), nothing cached or fused.
+The reference is the same model in eval mode: plain conv, BatchNorm, GELU, SDPA with a freshly
+gathered bias, nothing cached or fused.
 """
 from __future__ import annotations
 
@@ -14,17 +15,19 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
+from timm.utils import reparameterize_model
 
 from ascan import ArchConfig, build_model
-from ascan.fused import fast_inference
+from ascan.blocks import T_BLOCK_TYPES
+from ascan.fused import CachedOutput, FusedConv, FusedLinear
 from search.data import project_data_dir
 
 CIFAR = project_data_dir() / "cifar10.npz"
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
-# Every block kind: each C block, a stage that opens with T (StageDownsample), T in three stages.
-SMALL = dict(layouts=("CC", "TT", "CCTT", "CT"), widths=(16, 32, 64, 128), stem_width=16, head_width=64, head_dim=16,
-             img_size=64, num_classes=10)
+# Every block kind: each C block, a stage that opens with T (StageDownsample), T in three stages,
+# and a stage with T before C.
+SMALL = dict(layouts=("CC", "TT", "TTCC", "CT"), widths=(16, 32, 64, 128), stem_width=16, head_width=64,
+             head_dim=16, img_size=64, num_classes=10)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -68,14 +71,12 @@ def trained_looking(model: nn.Module, seed: int) -> nn.Module:
 
 
 def reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.enable_grad():
-        assert not fast_inference(model)
-        return model(x).detach()
+    with torch.no_grad():
+        return model.eval()(x)
 
 
 def fast(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
-        assert fast_inference(model)
         return model(x)
 
 
@@ -89,23 +90,28 @@ def test_ascan_tiny_at_224px_matches_reference(images):
     model = trained_looking(timm.create_model("ascan_tiny"), seed=1)
     x = at(images, 224, 1)
     expected = reference(model, x)
-    assert_same(fast(model, x), expected)
-    assert_same(fast(model, x), expected)  # second call: from the caches
-    model = model.to(memory_format=torch.channels_last)
-    assert_same(fast(model, x.contiguous(memory_format=torch.channels_last)), expected)
+    converted = reparameterize_model(model)
+    assert_same(fast(converted, x), expected)
+    assert_same(fast(converted, x), expected)  # second call: from the caches
+    converted = converted.to(memory_format=torch.channels_last)
+    assert_same(fast(converted, x.contiguous(memory_format=torch.channels_last)), expected)
 
 
-@pytest.mark.parametrize("c_block", ["fused_mbconv", "mbconv", "convnext"])
-def test_every_block_kind_matches_reference(images, c_block):
+@pytest.mark.parametrize("c_block, t_block", [("fused_mbconv", "attention"), ("mbconv", "attention"),
+                                              ("convnext", "attention"), ("fused_mbconv", "multi_axis"),
+                                              ("fused_mbconv", "hierarchical")])
+def test_every_block_kind_matches_reference(images, c_block, t_block):
     torch.manual_seed(0)
-    model = trained_looking(build_model(ArchConfig(**SMALL, c_block=c_block)), seed=2)
-    for size, count in ((64, 3), (32, 1)):  # 32 px: a resized relative-position bias, batch 1
+    model = trained_looking(build_model(ArchConfig(**SMALL, c_block=c_block, t_block=t_block)), seed=2)
+    converted = reparameterize_model(model)
+    # 32 px: resized relative-position biases, windows padded (8 px maps, 7 px windows), batch 1
+    for size, count in ((64, 3), (32, 1)):
         x = at(images, size, count)
         expected = reference(model, x)
-        assert_same(fast(model, x), expected)
-        assert_same(fast(model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)),
-                    expected)
-        model = model.to(memory_format=torch.contiguous_format)
+        assert_same(fast(converted, x), expected)
+        assert_same(fast(converted.to(memory_format=torch.channels_last),
+                         x.contiguous(memory_format=torch.channels_last)), expected)
+        converted = converted.to(memory_format=torch.contiguous_format)
 
 
 def test_portable_fallback_matches_reference(images):
@@ -113,61 +119,38 @@ def test_portable_fallback_matches_reference(images):
     torch.manual_seed(0)
     model = trained_looking(build_model(ArchConfig(**SMALL, c_block="mbconv")), seed=5).double()
     x = at(images, 32, 2).double()
-    torch.testing.assert_close(fast(model, x), reference(model, x), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(fast(reparameterize_model(model), x), reference(model, x), rtol=1e-9, atol=1e-12)
 
 
-def test_caches_follow_in_place_updates_and_copies(images):
-    # An EMA update or load_state_dict changes weights in place while the model stays in eval mode.
+def test_conversion_replaces_every_fusable_layer_and_leaves_the_original(images):
     torch.manual_seed(0)
     model = trained_looking(build_model(ArchConfig(**SMALL)), seed=3)
+    converted = reparameterize_model(model)
+    cached = [m.source for m in converted.modules() if isinstance(m, CachedOutput)]  # the bias modules, kept
+    assert [m for m in converted.modules() if hasattr(m, "fuse")] == cached
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in converted.modules())
+    assert any(isinstance(m, FusedConv) for m in converted.modules())
+    assert any(isinstance(m, FusedLinear) for m in converted.modules())
+    assert any(isinstance(m, CachedOutput) for m in converted.modules())
+    # The original is untouched and still trains; a copy of the converted model computes the same.
     x = at(images, 32, 2)
-    before = fast(model, x)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(1.05)
-        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
-            bn.running_var.mul_(1.5)
-    after = fast(model, x)
-    assert not torch.allclose(after, before)
-    assert_same(after, reference(model, x))
-
-    other = trained_looking(build_model(ArchConfig(**SMALL)), seed=4)
-    fast(other, x)  # fill its caches, then overwrite every weight
-    other.load_state_dict(model.state_dict())
-    assert_same(fast(other, x), reference(model, x))
-    assert_same(fast(copy.deepcopy(model), x), reference(model, x))
-
-
-def test_training_still_runs_the_plain_modules(images):
-    torch.manual_seed(0)
-    model = build_model(ArchConfig(**SMALL, drop_path_rate=0.1))
-    x = at(images, 32, 2)
-    fast(model.eval(), x)  # caches exist; training must not use them
+    assert_same(fast(copy.deepcopy(converted), x), reference(model, x))
     model.train()
-    assert not fast_inference(model)
     loss = model(x).logsumexp(1).mean()
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in model.parameters())  # BatchNorm and bias tables included
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.trace")
-def test_counters_and_tracers_see_the_plain_modules():
-    model = build_model(ArchConfig(**SMALL)).eval()
-    with torch.inference_mode():
-        assert fast_inference(model)
-        with FlopCounterMode(display=False):
-            assert not fast_inference(model)
-    seen = []
-    probe = nn.Module().eval()
-    probe.forward = lambda x: seen.append(fast_inference(probe)) or x * 2
-    with torch.no_grad():
-        torch.jit.trace(probe, torch.ones(1), check_trace=False)
-    assert seen == [False]
+def test_every_t_block_has_an_inference_form():
+    for kind in T_BLOCK_TYPES:
+        model = build_model(ArchConfig(**{**SMALL, "t_block": kind}))
+        converted = reparameterize_model(model)
+        assert any(isinstance(m, CachedOutput) for m in converted.modules()), kind
 
 
 def test_fast_path_runs_no_batchnorm_and_fused_kernels():
-    model = build_model(ArchConfig(**SMALL)).eval()
+    model = reparameterize_model(build_model(ArchConfig(**SMALL)).eval())
     with torch.inference_mode(), torch.profiler.profile() as prof:
         model(torch.zeros(2, 3, 64, 64))
     ops = {event.key for event in prof.key_averages()}
