@@ -282,6 +282,7 @@ class Driver:
         record.update(
             layout=candidate.layout, family=self.space.family(candidate), arch_hash=target.arch_hash,
             target_name=target.short_name(), proxy_name=proxy.short_name(), c_block=target.c_block,
+            t_block=target.t_block,
             t_per_stage="-".join(str(t) for t in target.t_counts),
             target_config=target.to_dict(), proxy_config=proxy.to_dict())
         return Plan(trial, candidate, target, proxy, record)

@@ -30,6 +30,7 @@ class TrialRecord:
     target_name: str = ""
     proxy_name: str = ""
     c_block: str = ""
+    t_block: str = ""
     t_per_stage: str = ""
     target_config: dict[str, Any] | None = None
     proxy_config: dict[str, Any] | None = None
