@@ -730,8 +730,10 @@ VERDICT_COLOURS = {SUPPORTED: "#2b8a3e", CONTRADICTED: "#c92a2a", INCONCLUSIVE: 
 def render_html(report: Report) -> str:
     sections, n_plots = [], 0
     for i, d in enumerate(report.devices):
-        sections.append(f"<h2>Latency measured on: {html.escape(d.device)}</h2><p>Hypervolume reference latency: "
-                        f"{d.reference_ms:.2f} ms ({html.escape(d.reference_source)}).</p>")
+        sections.append(f"<h2>Latency measured on: {html.escape(d.device)}</h2>")
+        if math.isfinite(d.reference_ms):
+            sections.append(f"<p>Hypervolume reference latency: {d.reference_ms:.2f} ms "
+                            f"({html.escape(d.reference_source)}).</p>")
         for f in d.findings:
             badge = f'<span class="verdict" style="background:{VERDICT_COLOURS[f.verdict]}">{f.verdict}</span>'
             body = "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in f.evidence) + "</ul>"
@@ -780,13 +782,20 @@ def _positive(text: str) -> float:
     return value
 
 
+def _draws(text: str) -> int:
+    value = int(text)
+    if value < 100:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 100 draws make a 95% interval")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m search.findings", description=__doc__.splitlines()[0])
     parser.add_argument("study_dirs", type=Path, nargs="+", help="results/<study> folders (paper, blocks, order...)")
     parser.add_argument("--budget-ms", type=_positive, help="latency budget for the layout to deploy")
     parser.add_argument("--out", type=Path, help="default: the first study's folder")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    parser.add_argument("--draws", type=int, default=BOOTSTRAP_DRAWS, help=f"bootstrap draws ({BOOTSTRAP_DRAWS})")
+    parser.add_argument("--draws", type=_draws, default=BOOTSTRAP_DRAWS, help=f"bootstrap draws ({BOOTSTRAP_DRAWS})")
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = args.out or args.study_dirs[0]

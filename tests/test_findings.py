@@ -236,6 +236,9 @@ def test_command_line_writes_both_files_and_rejects_bad_input(tmp_path: Path, ca
     with pytest.raises(SystemExit) as exit_:
         main([str(folder), "--budget-ms", "-3"])
     assert exit_.value.code == 2 and "must be a positive number" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(folder), "--draws", "5"])
+    assert "at least 100 draws" in capsys.readouterr().err
 
 
 @needs_chromium
