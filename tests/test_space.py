@@ -18,7 +18,7 @@ from search.spec import display_path
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-SHIPPED = {"hybrid": 125, "symmetric": 27, "asymmetric": 98, "paper": 10, "blocks": 3}
+SHIPPED = {"hybrid": 125, "symmetric": 27, "asymmetric": 98, "paper": 10, "blocks": 9, "order": 4}
 C1 = ("CC", "CCCT", "CCTT", "CTTT")
 SYMMETRIC_EXAMPLE = ("CC", "CCCC", "CCTT", "TTTT")
 
@@ -157,7 +157,7 @@ def test_optuna_samples_always_land_inside_the_space(tmp_path, sampler_cls):
                 study.tell(trial, objectives(candidate))
 
 
-@pytest.mark.parametrize("name", ["hybrid", "symmetric", "asymmetric", "paper", "blocks", "tricky"])
+@pytest.mark.parametrize("name", ["hybrid", "symmetric", "asymmetric", "paper", "blocks", "order", "tricky"])
 def test_brute_force_sampler_visits_exactly_the_valid_space(tmp_path, name):
     space = load_space(write(tmp_path, tricky_spec()) if name == "tricky" else name)
     study = optuna.create_study(sampler=optuna.samplers.BruteForceSampler(seed=0))
@@ -184,7 +184,7 @@ def test_same_choices_give_the_same_architecture_hash():
         hashes.add(space.target_config(candidate).arch_hash)
     assert len(hashes) == 125
     blocks = load_space("blocks")
-    assert len({blocks.target_config(c).arch_hash for c in blocks.enumerate()}) == 3
+    assert len({blocks.target_config(c).arch_hash for c in blocks.enumerate()}) == 9
 
 
 def test_reference_layouts_can_be_enqueued():
@@ -233,7 +233,8 @@ def test_proxy_and_target_configs():
     assert proxy.stage_resolutions() == (16, 8, 4, 2)
     assert (space.target.batch_size, space.target.dtype, space.target.device) == (1, "float32", "auto")
     assert space.budget.max_latency_ms is None
-    assert [space.target_config(c).c_block for c in load_space("blocks").enumerate()] == ["fused_mbconv", "mbconv", "convnext"]
+    assert [space.target_config(c).c_block for c in load_space("blocks").enumerate()] == \
+        [c for c in ("fused_mbconv", "mbconv", "convnext") for _ in range(3)]
 
 
 def test_dry_run_text():
@@ -265,7 +266,7 @@ BAD = [
     (_set("proxy.width_mult", 0), "proxy.width_mult", "expected a finite number > 0, got int 0"),
     (_set("constraints.min_total_t", 13), "constraints", "no layout satisfies them (125 layouts before constraints)"),
     (_set("constraints.families", ["symetric"]), "constraints.families", "did you mean 'symmetric'?"),
-    (_set("constraints.c_before_t", False), "constraints.c_before_t", "always true"),
+    (_set("constraints.c_before_t", False), "constraints.c_before_t", "needs a `layouts:` list"),
     (_set("target.dtype", "float6"), "target.dtype", "did you mean 'float16'?"),
     (_set("target.batch_size", "1"), "target.batch_size", "expected an integer >= 1, got str '1'"),
     (_set("budget.max_macs", "1.5e9"), "budget.max_macs", "write 1.5e+9"),

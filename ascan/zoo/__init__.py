@@ -47,7 +47,7 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     return {
         "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
         "crop_pct": 0.95, "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-        "first_conv": "stem.conv1", "classifier": "fc", **kwargs,
+        "first_conv": "stem.conv1.conv", "classifier": "fc", **kwargs,
     }
 
 
