@@ -341,7 +341,8 @@ class Driver:
         to_train, to_profile = self.scheduler.next(self.plans)
         for plan in to_train:
             plan.job = self.executor.submit(
-                jobs.train_candidate, plan.proxy.to_dict(), self.settings.data, None, self.settings.proxy_settings, name=f"train_trial_{plan.trial.number}",
+                jobs.train_candidate, plan.proxy.to_dict(), self.settings.data, None, self.settings.proxy_settings,
+                self.channel, plan.trial.number, name=f"train_trial_{plan.trial.number}",
                 num_cpus=self.settings.trial_cpus, num_gpus=self.settings.trial_gpus)
             self._move(plan, Stage.TRAINING)
         if to_profile:
