@@ -9,17 +9,18 @@ import pytest
 from search.settings import SettingsError
 
 
-def test_run_returns_the_study_front_trials_and_dashboard(tiny_space: Path, tmp_path: Path):
+def test_run_returns_the_study_front_trials_and_dashboard(tiny_space: Path, tmp_path: Path, capsys):
     from search import run
 
     result = run(str(tiny_space), n_trials=2, executor="inline", results_dir=str(tmp_path), preset="smoke",
-                 overrides={"profile.min_time_s": 0.05, "profile.min_iters": 3, "proxy.epochs": 1,
+                 overrides={"profile.min_time_s": 0.05, "profile.min_iters": 3, "proxy.epochs": 2,
                             "proxy.train_size": 128, "proxy.val_size": 100, "refine.trainings": 0})
     assert len(result.study.trials) == 2 and len(result.trials) == 2
     assert isinstance(result.front, pd.DataFrame) and len(result.front) >= 1
     assert {"layout", "accuracy_mean", "accuracy_se", "latency_ms"} <= set(result.front.columns)
     assert result.dashboard.is_file() and result.trials_csv.is_file()
     assert result.folder == result.dashboard.parent
+    assert "epoch 1/2, acc" in capsys.readouterr().out  # progress from inside a running training
 
 
 def test_bad_settings_raise_before_anything_runs(tmp_path: Path):
