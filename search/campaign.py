@@ -28,7 +28,8 @@ from .lock import StudyLock, StudyLocked
 from .profile_cache import ProfileCache, ProfileError
 from .proxy import preset as proxy_preset
 from .record import REUSED, TrialRecord
-from .refine import RefineSettings, Refiner
+from .refine import RefineSettings, Refiner, candidates, in_doubt, reprofile
+from .replicates import ReplicateStore
 from .report import (HV_LATENCY_MULTIPLE, ReferencePoint, c1_reference, front_frame, front_trials, format_front,
                      hypervolume, study_reference, write_trials_csv)
 from .settings import RunSettings, SettingsError, check_study_name, to_yaml
@@ -229,6 +230,18 @@ class Campaign:
         driver = Driver(study, self.storage, self.space, executor, settings, on_status=progress, sole_driver=True)
         driver.run()
         self.refine(study, executor, driver.scheduler.capacity, settings)
+        self.reprofile(study, executor, settings)
+
+    def reprofile(self, study: optuna.Study, executor, driver: DriverSettings) -> int:
+        """Before the report: the front and the candidates in doubt, timed again together."""
+        store = ReplicateStore(study)
+        doubtful = [c.trial for c in in_doubt(candidates(study, store), self.settings.refine.margin_se)]
+        trials = {t.number: t for t in [*front_trials(study), *doubtful]}
+        if len(trials) < 2:
+            return 0  # one network needs no common window
+        print(f"re-profiling {len(trials)} front and near-front candidates together", flush=True)
+        return reprofile(study, executor, list(trials.values()), driver.reference, driver.latency_settings,
+                         driver.cache_path)
 
     @staticmethod
     def train_args(driver: DriverSettings) -> Callable[[optuna.trial.FrozenTrial, int], tuple]:

@@ -23,7 +23,7 @@ from . import jobs
 from .estimate import replicate_seed
 from .executor import Executor, Job, JobFailed, WorkerLost
 from .record import TrialRecord
-from .replicates import Replicate, ReplicateStore
+from .replicates import LatencyHistory, Replicate, ReplicateStore
 
 
 @dataclass(frozen=True)
@@ -132,3 +132,27 @@ class Refiner:
         self.on_event(f"{label}: acc {result['val_accuracy']:.3f}; estimate {estimate.mean:.3f} ± {estimate.se:.3f} "
                       f"(n={estimate.n})")
         return 1
+
+
+def reprofile(study: optuna.Study, executor: Executor, trials: list[FrozenTrial], reference: dict[str, Any],
+              latency_settings: dict[str, Any], cache_path: str | None) -> int:
+    """Time `trials` (the front and the candidates in doubt) once more, together, in one
+    interleaved window, so the latencies the final front compares come from one window; each
+    result joins the architecture's `LatencyHistory`. Returns how many were re-timed."""
+    unique = {TrialRecord.load(t).arch_hash: t for t in trials}
+    if not unique:
+        return 0
+    targets = [TrialRecord.load(t).target_config for t in unique.values()]
+    job = executor.submit_exclusive(jobs.profile_window_job, targets, reference, latency_settings, cache_path, True,
+                                    name="reprofile_front")
+    while not executor.wait([job], timeout=1.0):
+        pass
+    window = job.result()
+    history = LatencyHistory(study)
+    for arch_hash, result in window.items():
+        history.add(arch_hash, {
+            "latency_ms": result["median_ms"], "latency_ci_low_ms": result.get("ci_low_ms"),
+            "latency_ci_high_ms": result.get("ci_high_ms"), "window": result.get("window"),
+            "contamination": result.get("contamination") if result.get("contaminated") else None,
+            "at": result.get("finished_at")})
+    return len(window)

@@ -62,3 +62,25 @@ class ReplicateStore:
     def estimate(self, trial: FrozenTrial) -> AccuracyEstimate | None:
         replicates = self.replicates(trial)
         return combine_replicates(replicates) if replicates else None
+
+
+REPROFILE_PREFIX = "reprofile:"
+
+
+class LatencyHistory:
+    """Re-measurements of an architecture's latency (`search.refine.reprofile`), in the study's
+    user attributes (`reprofile:<arch hash>`), oldest first. The trial's record keeps its
+    first measurement; the report uses the latest, which the front's members share a window in."""
+
+    def __init__(self, study: optuna.Study):
+        self.study = study
+
+    def history(self, arch_hash: str) -> list[dict]:
+        return list(self.study.user_attrs.get(REPROFILE_PREFIX + arch_hash, []))
+
+    def latest(self, arch_hash: str) -> dict | None:
+        history = self.history(arch_hash)
+        return history[-1] if history else None
+
+    def add(self, arch_hash: str, measurement: dict) -> None:
+        self.study.set_user_attr(REPROFILE_PREFIX + arch_hash, [*self.history(arch_hash), measurement])

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .objectives import OBJECTIVES
 from .record import TrialRecord, record_fields
-from .replicates import ReplicateStore
+from .replicates import LatencyHistory, ReplicateStore
 from .space import PAPER_C1
 from .study import named_constraints
 
@@ -106,11 +106,16 @@ def is_feasible(trial: FrozenTrial) -> bool:
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: number, state, feasibility, its record's fields, constraints,
     params and times. A value the trial never measured is missing (NaN), not 0."""
-    rows = []
+    rows, history = [], LatencyHistory(study)
     for trial in study.get_trials(deepcopy=False):
         row = {"number": trial.number, "state": trial.state.name,
                "feasible": is_feasible(trial) if trial.state == TrialState.COMPLETE else None}
-        row.update(vars(TrialRecord.load(trial)))
+        record = TrialRecord.load(trial)
+        row.update(vars(record))
+        if latest := history.latest(record.arch_hash):  # re-timed with the front: the latest counts
+            row.update(latency_first_ms=record.latency_ms, latency_ms=latest["latency_ms"],
+                       latency_ci_low_ms=latest["latency_ci_low_ms"], latency_ci_high_ms=latest["latency_ci_high_ms"],
+                       latency_contamination=latest["contamination"], reprofiled=len(history.history(record.arch_hash)))
         row.update({f"constraint_{k}": v for k, v in named_constraints(trial).items()})
         row.update({f"param_{k}": v for k, v in trial.params.items()})
         row["datetime_start"] = trial.datetime_start
@@ -145,25 +150,29 @@ def write_trials_csv(study: optuna.Study, path: Path) -> Path:
     return path
 
 
-def _values(trial: FrozenTrial, names: list[str], accuracy: float | None) -> list[float]:
-    """The trial's objective values as minimised numbers, with the refined accuracy."""
+def _values(trial: FrozenTrial, names: list[str], accuracy: float | None, latency: float | None) -> list[float]:
+    """The trial's objective values as minimised numbers, with the refined accuracy and the
+    latest latency (re-profiled with the front, `search.refine.reprofile`)."""
     values = list(trial.values)
     if accuracy is not None:
         values[names.index("accuracy")] = accuracy
+    if latency is not None:
+        values[names.index("latency")] = latency
     return [v if OBJECTIVES[n].direction == "minimize" else -v for n, v in zip(names, values)]
 
 
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Pareto-optimal feasible trials, one per architecture (its first trial), judged on the
     refined accuracy (the mean over replicates, `search.replicates`) and the other objectives."""
-    names, store = objective_names(study), ReplicateStore(study)
+    names, store, history = objective_names(study), ReplicateStore(study), LatencyHistory(study)
     pool: dict[str, tuple[FrozenTrial, list[float]]] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         record = TrialRecord.load(trial)
         if not record.trained or not is_feasible(trial) or record.arch_hash in pool:
             continue
-        estimate = store.estimate(trial)
-        pool[record.arch_hash] = (trial, _values(trial, names, estimate.mean if estimate else None))
+        estimate, latest = store.estimate(trial), history.latest(record.arch_hash)
+        pool[record.arch_hash] = (trial, _values(trial, names, estimate.mean if estimate else None,
+                                                 latest["latency_ms"] if latest else None))
     points = list(pool.values())
 
     def dominated(v: list[float]) -> bool:

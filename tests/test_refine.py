@@ -13,7 +13,7 @@ from search.campaign import Campaign
 from search.executor import InlineExecutor
 from search.record import TrialRecord
 from search.refine import Refiner, RefineSettings, candidates, in_doubt
-from search.replicates import Replicate, ReplicateStore
+from search.replicates import LatencyHistory, Replicate, ReplicateStore
 from search.report import front_frame, front_trials, trials_frame
 from search.settings import parse_args
 
@@ -95,3 +95,13 @@ def test_refinement_adds_replicates_with_new_seeds_and_resumes(tiny_space: Path,
         assert estimate.n == len(replicates) and math.isfinite(estimate.se) and estimate.se > 0
     frame = trials_frame(study)
     assert set(frame["replicates"]) <= {1, 2, 3} and frame["replicates"].sum() == 2 + 3
+
+    # Re-profiled with the front: the latest latency counts, the first stays in the record.
+    assert campaign.reprofile(study, InlineExecutor(), settings) == 2
+    history = LatencyHistory(study)
+    frame = trials_frame(study)
+    for trial in complete(study):
+        record = TrialRecord.load(trial)
+        assert len(history.history(record.arch_hash)) == 1
+        assert frame.loc[trial.number, "latency_first_ms"] == record.latency_ms
+        assert frame.loc[trial.number, "latency_ms"] == history.latest(record.arch_hash)["latency_ms"]
