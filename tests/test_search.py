@@ -5,8 +5,10 @@ profiling) but every part is the real one.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
+from datetime import datetime
 import subprocess
 import sys
 import time
@@ -46,6 +48,14 @@ def test_inline_study_completes_and_csv_matches_storage(tiny_space: Path, tmp_pa
     assert list(csv["state"]) == [t.state.name for t in study.trials]
     assert csv["accuracy"].tolist() == pytest.approx(frame["accuracy"].tolist())
     assert (folder / "config.yaml").read_text().count("n_trials: 3") == 1
+    # Nested values are JSON and times ISO 8601: every cell reads back without Python's eval.
+    nested = ["target_config", "proxy_config", "val_curve", "train_loss_curve", "profile_fingerprint",
+              "profile_settings", "latency_reference"]
+    for column in nested:
+        cells = [c for c in csv[column] if isinstance(c, str)]
+        assert cells, column
+        assert all(isinstance(json.loads(c), (dict, list)) for c in cells)
+    assert all(datetime.fromisoformat(c) for c in csv["datetime_complete"].dropna())
 
 
 def test_duplicates_reused_and_over_budget_not_trained(tiny_space: Path, tmp_path: Path):
