@@ -186,7 +186,8 @@ def settings_for(device: str, args: argparse.Namespace) -> list[Setting]:
     if device == "cpu":
         compiles = [c == "on" for c in args.cpu_compile]
         return [Setting("cpu", torch.float32, b, args.channels_last, c) for c in compiles for b in args.batches]
-    return [Setting(device, torch.float16, b, args.channels_last, c) for c in (False, True) for b in args.cuda_batches]
+    compiles = [c == "on" for c in args.cuda_compile]
+    return [Setting(device, torch.float16, b, args.channels_last, c) for c in compiles for b in args.cuda_batches]
 
 
 def environment(device: str, threads: int, clock: str) -> str:
@@ -209,6 +210,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="CPU batch sizes")
     parser.add_argument("--cuda-batches", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--cpu-compile", nargs="+", choices=("off", "on"), default=["off"])
+    parser.add_argument("--cuda-compile", nargs="+", choices=("off", "on"), default=["off", "on"],
+                        help="CUDA: eager and/or torch.compile (compiling every model takes minutes)")
     parser.add_argument("--contiguous", dest="channels_last", action="store_false",
                         help="NCHW inputs and weights (default: channels_last for every model)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all models")
