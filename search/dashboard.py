@@ -259,7 +259,8 @@ def _summary(study: optuna.Study, frame: pd.DataFrame, history: pd.DataFrame, re
         "infeasible": int(frame["group"].isin(["infeasible", "not timed"]).sum()) if len(frame) else 0,
         "failed": int(states.get("FAIL", 0)), "running": int(states.get("RUNNING", 0)),
         "hypervolume": f"{history['hypervolume'].iloc[-1]:.4f}" if len(history) else "0",
-        "HV reference latency": f"{reference.latency_ms:.1f} ms ({study.user_attrs.get('hv_reference', 'as given')})", "latency measured on": device or "?",
+        "HV reference latency": f"{reference.latency_ms:.1f} ms ({study.user_attrs.get('hv_reference', 'as given')})",
+        "latency measured on": device or "?",
         "rendered": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     return "".join(f"<div><span>{html.escape(k)}</span><b>{html.escape(str(v))}</b></div>" for k, v in facts.items())
