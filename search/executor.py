@@ -145,20 +145,35 @@ class LocalChannel:
 
 
 class RayChannel:
-    """A channel through a Ray queue actor (no CPU reserved), reachable from any node."""
+    """A channel through a Ray queue actor (no CPU reserved) on the driver's node, reachable
+    from any node. Progress is best effort: a lost actor (its node died) drops messages,
+    never a training or the driver."""
 
     def __init__(self) -> None:
+        import ray
         from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        self.queue = Queue(actor_options={"num_cpus": 0})
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
         self.listener = None  # messages come through `drain` only
 
     def put(self, item: Any) -> None:
-        self.queue.put_nowait(item)
+        from ray.exceptions import RayError
+
+        try:
+            self.queue.put_nowait(item)
+        except RayError:
+            pass
 
     def drain(self) -> list[Any]:
-        size = self.queue.qsize()
-        return self.queue.get_nowait_batch(size) if size else []
+        from ray.exceptions import RayError
+
+        try:
+            size = self.queue.qsize()
+            return self.queue.get_nowait_batch(size) if size else []
+        except RayError:
+            return []
 
 
 class InlineExecutor:
