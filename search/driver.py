@@ -234,9 +234,11 @@ class Driver:
                 self.recorder.heartbeat(self.plans)
             if self._finished() < self.settings.n_trials:
                 self._status(f"stopped: {self.failed_this_run} trials failed in this run (see failure_reason)")
-        except (KeyboardInterrupt, ClusterError):
-            # Ctrl-C, SIGTERM or a lost cluster: nothing in flight can finish in this run.
+        except KeyboardInterrupt:
             self._interrupt()
+            raise
+        except ClusterError:  # nothing in flight can finish, and there is nobody to cancel
+            self._interrupt(cancel=False)
             raise
 
     def _finished(self) -> int:
@@ -428,11 +430,11 @@ class Driver:
                 self._route(twin)
 
     # ------------------------------------------------------------------ Ctrl-C
-    def _interrupt(self) -> None:
+    def _interrupt(self, cancel: bool = True) -> None:
         """Unfinished trials end FAIL (marked interrupted) and are queued again, so the same
         command resumes them; finished trials are already safe in storage."""
         release_storage_session(self.storage)
         for plan in list(self.plans):
-            if plan.job is not None:
+            if cancel and plan.job is not None:
                 self.executor.cancel(plan.job)
             self.recorder.interrupt(plan)

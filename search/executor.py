@@ -167,11 +167,12 @@ class RayChannel:
             pass
 
     def drain(self) -> list[Any]:
+        import ray
         from ray.exceptions import RayError
 
-        try:
-            size = self.queue.qsize()
-            return self.queue.get_nowait_batch(size) if size else []
+        try:  # bounded: a queue on a vanished node must not hold the driver
+            size = ray.get(self.queue.actor.qsize.remote(), timeout=2.0)
+            return ray.get(self.queue.actor.get_nowait_batch.remote(size), timeout=2.0) if size else []
         except RayError:
             return []
 
@@ -354,6 +355,10 @@ class RayExecutor:
     def wait(self, jobs: list[Job], timeout: float) -> list[Job]:
         pending = {job.handle: job for job in jobs if job.outcome is None}
         lost = False
+        if self._address:
+            # A vanished head reports nothing to a waiting task, and Ray ends the process after a
+            # minute without its GCS: probe it first, so the loss is ours to report.
+            self._check_head()
         if pending:
             ready, _ = self._ray.wait(list(pending), num_returns=len(pending), timeout=timeout)
             for ref in ready:
@@ -376,12 +381,15 @@ class RayExecutor:
         except exceptions.RayError as err:  # the worker or its node died, or the task was cancelled
             return ("error", WorkerLost(_describe(err)))
 
-    def _check_cluster(self) -> None:
-        """Raise `ClusterLost` when no node is left: then every job would fail the same way."""
+    def _check_head(self) -> None:
         gcs = self._ray.get_runtime_context().gcs_address
         if not _answers(gcs, timeout=2.0):
             raise ClusterLost(f"lost the Ray cluster at {self._address}: its head ({gcs}) no longer answers; "
                               f"restart the cluster and re-run the same command to resume")
+
+    def _check_cluster(self) -> None:
+        """Raise `ClusterLost` when no node is left: then every job would fail the same way."""
+        self._check_head()
         if not self.nodes():
             raise ClusterLost(f"lost the Ray cluster at {self._address}: no node is alive; "
                               f"restart the nodes and re-run the same command to resume")

