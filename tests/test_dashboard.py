@@ -112,7 +112,11 @@ def test_page_is_self_contained(page: Path):
 def test_every_finished_trial_is_in_exactly_one_plot_group(study):
     frame = finished_frame(study)
     assert sorted(frame["number"]) == [t.number for t in study.get_trials(states=(TrialState.COMPLETE,))]
-    assert set(frame.loc[frame["group"] == "front", "number"]) == {t.number for t in study.best_trials}
+    # The front is judged on refined accuracy and re-profiled latency (report.front_trials), so it
+    # can differ from Optuna's best_trials; reused duplicates of a front architecture join it.
+    front_archs = {t.user_attrs["arch_hash"] for t in front_trials(study)}
+    assert set(frame.loc[frame["group"] == "front", "number"]) == \
+        {t.number for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs.get("arch_hash") in front_archs}
     untrained = frame[frame["trained"] == False]  # noqa: E712 (a column of booleans)
     assert len(untrained) >= 1 and set(untrained["group"]) <= {"infeasible", "not timed"}
 
