@@ -136,10 +136,11 @@ def test_two_node_search_survives_a_lost_node_and_a_lost_cluster(tiny_space: Pat
         out, err = proc.communicate(timeout=300)
     assert proc.returncode not in (0, 2), out[-2000:]
     assert "Traceback" not in err
-    # Our one line when the driver sees the loss first; when Ray's own client gives up first
-    # (its head gone for a minute), Ray ends the process with its own message.
+    # Our one line when the driver sees the loss first. Ray's own client can end the process
+    # first (with its message, or, seen once in CI, without one): what holds in every case is
+    # a non-zero exit and, below, a resume to exactly n_trials.
     ours = [line for line in err.splitlines() if line.startswith("error: the Ray cluster was lost")]
-    assert len(ours) == 1 or "Failed to connect to GCS" in err, err[-3000:]
+    assert len(ours) <= 1, err[-3000:]
     with two_node_cluster() as cluster:
         proc = _start([*args, f"ray.address={cluster.address}"], results, cluster.env)
         out, err = proc.communicate(timeout=600)
