@@ -26,6 +26,7 @@ from .driver import Driver, DriverSettings, Status
 from .executor import ClusterError, InlineExecutor, RayExecutor
 from .lock import StudyLock, StudyLocked
 from .profile_cache import ProfileCache, ProfileError
+from .proxy import ProxySettings
 from .proxy import preset as proxy_preset
 from .record import REUSED, TrialRecord
 from .refine import RefineSettings, Refiner, candidates, in_doubt, reprofile
@@ -44,6 +45,16 @@ class BadInput(ValueError):
 
 def study_name_for(space: SearchSpace, settings: RunSettings) -> str:
     return settings.search.study_name or f"{space.name}-{settings.data.name}-{settings.proxy.preset}-s{settings.search.seed}"
+
+
+def resolve_proxy(settings: RunSettings) -> ProxySettings:
+    """The proxy recipe: the preset with the command line's values, the search seed and, on
+    Ray, one thread per CPU a training asks for. Raises ValueError for an impossible recipe."""
+    overrides = {k: v for k, v in dataclasses.asdict(settings.proxy).items() if k != "preset" and v is not None}
+    overrides.setdefault("seed", settings.search.seed)
+    if settings.executor == "ray":
+        overrides.setdefault("num_threads", max(1, int(settings.ray.trial_cpus)))
+    return proxy_preset(settings.proxy.preset, **overrides)
 
 
 def reference_point(space: SearchSpace) -> ReferencePoint:
@@ -87,8 +98,7 @@ class Campaign:
         name = study_name_for(space, settings)
         try:
             check_study_name(name, "search.study_name (derived from the space's name)")
-            proxy = proxy_preset(settings.proxy.preset, **{k: v for k, v in dataclasses.asdict(settings.proxy).items()
-                                                            if k != "preset" and v is not None})
+            proxy = resolve_proxy(settings)
             # The data split every trial will make: a slice the data cannot give fails here, once.
             stratified_split(dataset.y_train, val_size=proxy.val_size, seed=proxy.data_seed,
                              train_size=proxy.train_size)
@@ -110,12 +120,8 @@ class Campaign:
                 f"storage {self.storage_url}")
 
     def proxy_settings(self) -> dict[str, Any]:
-        overrides = {k: v for k, v in dataclasses.asdict(self.settings.proxy).items() if k != "preset" and v is not None}
-        overrides.setdefault("seed", self.settings.search.seed)
-        if self.settings.executor == "ray":
-            overrides.setdefault("num_threads", max(1, int(self.settings.ray.trial_cpus)))
         try:
-            return proxy_preset(self.settings.proxy.preset, **overrides).to_dict()
+            return resolve_proxy(self.settings).to_dict()
         except ValueError as err:
             raise BadInput(f"proxy: {err}") from None
 

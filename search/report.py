@@ -112,10 +112,11 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
                "feasible": is_feasible(trial) if trial.state == TrialState.COMPLETE else None}
         record = TrialRecord.load(trial)
         row.update(vars(record))
-        if latest := history.latest(record.arch_hash):  # re-timed with the front: the latest counts
+        if remeasured := history.history(record.arch_hash):  # re-timed with the front: the latest counts
+            latest = remeasured[-1]
             row.update(latency_first_ms=record.latency_ms, latency_ms=latest["latency_ms"],
                        latency_ci_low_ms=latest["latency_ci_low_ms"], latency_ci_high_ms=latest["latency_ci_high_ms"],
-                       latency_contamination=latest["contamination"], reprofiled=len(history.history(record.arch_hash)))
+                       latency_contamination=latest["contamination"], reprofiled=len(remeasured))
         row.update({f"constraint_{k}": v for k, v in named_constraints(trial).items()})
         row.update({f"param_{k}": v for k, v in trial.params.items()})
         row["datetime_start"] = trial.datetime_start
