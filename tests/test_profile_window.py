@@ -125,7 +125,9 @@ def test_cpu_burners_on_our_cores_are_flagged(tmp_path):
             burner.kill()
             burner.wait()
     assert result.contaminated and "other processes used" in result.contamination, result.contamination
-    assert result.foreign_cpu >= 1.0
+    # Two burners on two cores take about one core's worth of our window (the OS shares the
+    # cores with us); the exact figure rounds around 1.0, so assert what matters: over the allowance.
+    assert result.foreign_cpu > settings.max_foreign_cpu, result.foreign_cpu
     assert len(cache) == 0
 
 
