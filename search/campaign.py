@@ -128,8 +128,9 @@ class Campaign:
     def latency_settings(self, threads: int) -> dict[str, Any]:
         target, profile = self.space.target, self.settings.profile
         return dict(device=profile.device or target.device, batch_size=profile.batch_size or target.batch_size,
-                    img_size=target.img_size, dtype=target.dtype, channels_last=target.channels_last,
-                    compile=target.compile, num_threads=max(1, int(threads)),
+                    img_size=target.img_size, dtype=profile.dtype or target.dtype,
+                    channels_last=target.channels_last,
+                    compile=target.compile if profile.compile is None else profile.compile, num_threads=max(1, int(threads)),
                     min_time_s=profile.min_time_s, min_iters=profile.min_iters, clock=profile.clock,
                     target_rel_ci=profile.target_rel_ci, max_time_s=profile.max_time_s)
 

@@ -71,8 +71,8 @@ BOOTSTRAP_DRAWS = 2000
 PAPER_RUN = "python run_search.py space=paper search.sampler=grid"
 BLOCKS_RUN = "python run_search.py space=blocks search.sampler=grid"
 ORDER_RUN = "python run_search.py space=order search.sampler=grid"
-GPU_HINT = ("the paper's setting: a GPU at fp16, batch 16 (profile.device=cuda profile.batch_size=16, "
-            "and target dtype float16 in the space)")
+GPU_HINT = ("the paper's setting: a GPU at fp16, batch 16 (profile.device=cuda profile.batch_size=16 "
+            "profile.dtype=float16)")
 
 
 # ----------------------------------------------------------------- architectures

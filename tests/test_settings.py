@@ -65,3 +65,14 @@ def test_validate_accepts_good_settings_and_creates_nothing(tmp_path):
                     f"search.storage=sqlite:///{tmp_path}/study.db", "proxy.device=cpu", "profile.device=auto"])
     validate(s)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_profile_overrides_reach_the_latency_settings():
+    from search.campaign import Campaign
+
+    campaign = Campaign.from_settings(parse_args(["space=paper", "dry_run=true", "profile.dtype=float16",
+                                         "profile.compile=true", "profile.batch_size=16"]))
+    latency = campaign.latency_settings(threads=2)
+    assert (latency["dtype"], latency["compile"], latency["batch_size"]) == ("float16", True, 16)
+    plain = Campaign.from_settings(parse_args(["space=paper", "dry_run=true"])).latency_settings(threads=2)
+    assert (plain["dtype"], plain["compile"], plain["batch_size"]) == ("float32", False, 1)
