@@ -34,7 +34,8 @@ def position(layout: str) -> float:
     return weighted_t([s.count("T") for s in layout.split("-")])
 
 
-def make_study(folder: Path, rows: list[dict], space: str = "paper", fingerprint: dict = CPU) -> Path:
+def make_study(folder: Path, rows: list[dict], space: str = "paper", fingerprint: dict = CPU,
+               timing: dict | None = None) -> Path:
     """A study folder whose trials carry the given layout, blocks, replicate accuracies and latency.
     Each row: layout, accuracies (first is the trial's own training), latency, optional c_block/t_block."""
     folder.mkdir(parents=True)
@@ -53,7 +54,7 @@ def make_study(folder: Path, rows: list[dict], space: str = "paper", fingerprint
         record = TrialRecord(layout=layout, family=layout_family(layout), arch_hash=arch_hash, c_block=c_block,
                              target_config=config, trained=True, accuracy=accuracies[0], val_count=2000, proxy_seed=0,
                              latency_ms=row["latency"], latency_iqr_ms=0.02 * row["latency"], latency_samples=100,
-                             profile_fingerprint=fingerprint, profile_settings={"dtype": "float32", "batch_size": 1},
+                             profile_fingerprint=fingerprint, profile_settings=timing or {"dtype": "float32", "batch_size": 1},
                              status="trained")
         study.add_trial(create_trial(values=[accuracies[0], row["latency"]], params={"arch": arch_hash},
                                      distributions={"arch": names},
@@ -192,6 +193,18 @@ def test_block_and_order_ablations_pooled_from_their_own_studies(tmp_path: Path)
         {"layout": C1, "accuracies": [0.60, 0.61, 0.62], "latency": 58.0},
         {"layout": C1, "t_block": "maxvit", "accuracies": [0.60, 0.61, 0.62], "latency": 80.0}], space="blocks")
     assert verdicts([t_blocks])["4b"] == SUPPORTED
+
+
+def test_advice_sends_cpu_timings_to_the_gpu_but_not_gpu_timings(tmp_path: Path):
+    flat = latency_model(0.0, 0.0)  # no latency effect: claim 2 stays inconclusive
+    rows = paper_rows(family_accuracy(0.61, 0.51, 0.005), flat)
+    on_cpu = make_study(tmp_path / "cpu", rows)
+    on_gpu = make_study(tmp_path / "gpu", rows, fingerprint=GPU, timing={"dtype": "float16", "batch_size": 16})
+    for folder, sent_to_gpu in ((on_cpu, True), (on_gpu, False)):
+        found = {f.key: f for f in build_report([folder], draws=DRAWS).devices[0].findings}
+        assert found["2"].verdict == INCONCLUSIVE
+        assert ("a GPU at fp16, batch 16" in found["2"].decide) == sent_to_gpu, found["2"].decide
+        assert "a longer timing" in found["2"].decide
 
 
 def test_each_device_is_judged_apart_and_differences_are_a_finding(tmp_path: Path):
