@@ -27,7 +27,7 @@ from .space import PAPER_C1
 from .study import named_constraints
 
 # Shown beside the objectives in a front table.
-FRONT_EXTRAS = ["latency_p90_ms", "macs", "params"]
+FRONT_EXTRAS = ["latency_ci_low_ms", "latency_ci_high_ms", "latency_p90_ms", "macs", "params"]
 ESTIMATE_COLUMNS = ["accuracy_mean", "accuracy_se", "replicates"]
 
 
@@ -270,7 +270,15 @@ def format_front(frame: pd.DataFrame) -> str:
         shown["accuracy"] = [f"{m:.3f} ± {s:.3f} (n={int(n)})" if math.isfinite(m) else f"{t:.3f}" for m, s, n, t in
                              zip(shown.pop("accuracy_mean"), shown.pop("accuracy_se"), shown.pop("replicates"),
                                  shown["accuracy"])]
+    if {"latency_ms", "latency_ci_low_ms", "latency_ci_high_ms"} <= set(shown):
+        # The median with its 95% interval; p90 stays in the frame (it is the first window's,
+        # while a re-profiled median is the latest).
+        shown["latency_ms"] = [_with_interval(m, lo, hi) for m, lo, hi in
+                               zip(shown["latency_ms"], shown.pop("latency_ci_low_ms"), shown.pop("latency_ci_high_ms"))]
+        shown = shown.drop(columns=["latency_p90_ms"], errors="ignore")
     for column in shown:
+        if column == "latency_ms" and shown[column].map(lambda v: isinstance(v, str)).all():
+            continue
         if column in formats and column != "accuracy":
             shown[column] = shown[column].map(formats[column].format)
         elif column.endswith("_ms"):
@@ -278,4 +286,11 @@ def format_front(frame: pd.DataFrame) -> str:
     if "tied_with" in shown:
         shown["tied_with"] = shown["tied_with"].map(lambda t: f"tied: {t}" if t else "")
     titles = {o.field: o.label for o in OBJECTIVES.values() if o.field not in ("latency_ms", "accuracy")}
+    titles["latency_ms"] = "latency ms [95% CI]"
     return shown.rename(columns={"number": "trial", "tied_with": "", **titles}).to_string(index=False)
+
+
+def _with_interval(median: float, low: float, high: float) -> str:
+    if all(isinstance(v, (int, float)) and math.isfinite(v) for v in (median, low, high)):
+        return f"{median:.2f} [{low:.2f}, {high:.2f}]"
+    return f"{median:.2f}" if isinstance(median, (int, float)) and math.isfinite(median) else "-"

@@ -92,7 +92,9 @@ def make_sampler(name: str, seed: int, parallel: bool) -> optuna.samplers.BaseSa
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
-        return GridSampler(seed=seed)
+        with warnings.catch_warnings():  # "experimental since v3.1": noise to a user who asked for it
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            return GridSampler(seed=seed)
     raise ValueError(f"search.sampler={name!r}: unknown")
 
 
