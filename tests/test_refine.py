@@ -14,7 +14,7 @@ from search.executor import InlineExecutor
 from search.record import TrialRecord
 from search.refine import Refiner, RefineSettings, candidates, in_doubt
 from search.replicates import LatencyHistory, Replicate, ReplicateStore
-from search.report import front_frame, front_trials, trials_frame
+from search.report import format_front, front_frame, front_trials, trials_frame
 from search.settings import parse_args
 
 from studies import FAST, complete
@@ -26,7 +26,9 @@ def _study(rows: list[dict], constraints: list[float] | None = None) -> optuna.S
     study.set_user_attr("objectives", ["accuracy", "latency"])
     for i, row in enumerate(rows):
         record = TrialRecord(layout=row.get("layout", f"L{i}"), arch_hash=f"h{i}", trained=row.get("trained", True),
-                             accuracy=row["acc"], latency_ms=row["lat"], val_count=2000, proxy_seed=0)
+                             accuracy=row["acc"], latency_ms=row["lat"], val_count=2000, proxy_seed=0,
+                             latency_ci_low_ms=row.get("ci", (None, None))[0],
+                             latency_ci_high_ms=row.get("ci", (None, None))[1])
         study.add_trial(create_trial(
             state=row.get("state", TrialState.COMPLETE), values=[row["acc"], row["lat"]] if "state" not in row else None,
             params={"layout": record.layout}, distributions={"layout": CategoricalDistribution([record.layout])},
@@ -54,6 +56,13 @@ def test_front_members_the_data_cannot_separate_are_tied():
     front = front_frame(study).set_index("number")
     assert front.loc[0, "tied_with"] == "1" and front.loc[1, "tied_with"] == "0"
     assert front.loc[2, "tied_with"] == ""
+
+
+def test_terminal_front_shows_each_latency_with_its_interval():
+    study = _study([{"acc": 0.50, "lat": 50.0, "ci": (49.5, 50.6)}, {"acc": 0.60, "lat": 80.0, "ci": (79.0, 81.25)}])
+    text = format_front(front_frame(study))
+    assert "latency ms [95% CI]" in text and "50.00 [49.50, 50.60]" in text and "80.00 [79.00, 81.25]" in text
+    assert "0.500 ± 0.011 (n=1)" in text
 
 
 def test_doubt_is_the_front_and_whatever_it_cannot_beat_decisively():
