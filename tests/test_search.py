@@ -87,8 +87,11 @@ def test_interrupt_then_rerun_resumes_to_exactly_n_trials(tiny_space: Path, tmp_
     results = tmp_path / "results"
     args = [sys.executable, str(REPO / "run_search.py"), f"space={tiny_space}", "executor=inline",
             "search.n_trials=4", *FAST, f"results_dir={results}"]
+    # A suite started in the background (`cmd &` in a script) inherits SIGINT ignored, and so
+    # would the run: give it the default disposition, as a terminal's Ctrl-C would find it.
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []  # wait for the first finished trial, then press Ctrl-C (a loaded machine is slow: no deadline)
     while not (seen and seen[-1].startswith("[  1/4]")):
         line = proc.stdout.readline()
