@@ -3,7 +3,7 @@ architectures when only the training seed changes.
 
     python benchmarks/study_seed_tau.py results/paper-cifar10-default-s0 [--min-replicates 3]
 
-Takes every trained architecture with at least `--min-replicates` replicates (refinement adds
+Takes every trained, timed architecture (as the findings report does) with at least `--min-replicates` replicates (refinement adds
 them; `refine.trainings` large enough gives every layout of a small space its replicates),
 lines up the k-th replicate of each (same data slice, seed base + k), and prints scipy's
 Kendall tau for each pair of replicate indices, their mean, and each architecture's accuracies.
@@ -17,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
 from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search.record import TrialRecord  # noqa: E402
-from search.replicates import ReplicateStore  # noqa: E402
+from search.findings import load_architectures  # noqa: E402
+from search.report import StudyFolderError, open_study_dir  # noqa: E402
 
 
 def main() -> None:
@@ -32,22 +31,13 @@ def main() -> None:
     parser.add_argument("--min-replicates", type=int, default=3)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    db = args.study_dir / "study.db"
-    if not db.exists():
-        sys.exit(f"error: {args.study_dir}: no study.db here")
-    storage = f"sqlite:///{db.resolve()}"
-    names = optuna.get_all_study_names(storage)
-    name = args.study_dir.name if args.study_dir.name in names else names[0]
-    study = optuna.load_study(study_name=name, storage=storage)
-    store, seen, rows = ReplicateStore(study), set(), []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        record = TrialRecord.load(trial)
-        if not record.trained or record.arch_hash in seen:
-            continue
-        seen.add(record.arch_hash)
-        accuracies = [r.val_accuracy for r in store.replicates(trial) if r.ok]
-        if len(accuracies) >= args.min_replicates:
-            rows.append((record.layout, accuracies[:args.min_replicates]))
+    try:
+        study = open_study_dir(args.study_dir)
+    except StudyFolderError as err:
+        sys.exit(f"error: {err}")
+    name = study.study_name
+    rows = [(a.layout, list(a.replicates[:args.min_replicates])) for a in load_architectures(args.study_dir, study)
+            if a.n >= args.min_replicates]
     if len(rows) < 3:
         sys.exit(f"error: {len(rows)} architectures with {args.min_replicates}+ replicates; need 3")
     matrix = np.array([acc for _, acc in rows])  # architectures x replicate index
