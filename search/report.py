@@ -265,7 +265,7 @@ def format_front(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "(no feasible finished trial yet)"
     formats = {o.field: o for o in OBJECTIVES.values()}
-    shown = frame.copy()
+    shown, written = frame.copy(), {"accuracy"}  # columns already formatted as text
     if "accuracy_mean" in shown:  # one column: the refined mean ± SE (n), else the trial's own
         shown["accuracy"] = [f"{m:.3f} ± {s:.3f} (n={int(n)})" if math.isfinite(m) else f"{t:.3f}" for m, s, n, t in
                              zip(shown.pop("accuracy_mean"), shown.pop("accuracy_se"), shown.pop("replicates"),
@@ -276,10 +276,11 @@ def format_front(frame: pd.DataFrame) -> str:
         shown["latency_ms"] = [_with_interval(m, lo, hi) for m, lo, hi in
                                zip(shown["latency_ms"], shown.pop("latency_ci_low_ms"), shown.pop("latency_ci_high_ms"))]
         shown = shown.drop(columns=["latency_p90_ms"], errors="ignore")
+        written.add("latency_ms")
     for column in shown:
-        if column == "latency_ms" and shown[column].map(lambda v: isinstance(v, str)).all():
+        if column in written:
             continue
-        if column in formats and column != "accuracy":
+        if column in formats:
             shown[column] = shown[column].map(formats[column].format)
         elif column.endswith("_ms"):
             shown[column] = shown[column].map("{:.2f}".format)

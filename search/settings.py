@@ -45,6 +45,7 @@ def _key(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 EXECUTORS = ("ray", "inline")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass
@@ -107,7 +108,7 @@ class ProfileOverrides:
     device: Optional[str] = _key(None, "device latency is measured on; default: the space's target device", DEVICES)
     batch_size: Optional[int] = _key(None, "batch size of latency timing (>= 1); default: the space's")
     dtype: Optional[str] = _key(None, "dtype of latency timing; default: the space's (the paper times GPUs "
-                                      "at float16)", ("float32", "float16", "bfloat16"))
+                                      "at float16)", DTYPES)
     compile: Optional[bool] = _key(None, "torch.compile each network before timing; default: the space's")
     min_time_s: float = _key(1.0, "time each candidate for at least this long (> 0, at most 3600)")
     min_iters: int = _key(10, "and at least this many forward passes (>= 1)")
@@ -270,7 +271,7 @@ def _check_choices(s: RunSettings) -> None:
     choose("executor", s.executor, EXECUTORS)
     choose("profile.clock", s.profile.clock, ("wall", "cpu"))
     if s.profile.dtype is not None:
-        choose("profile.dtype", s.profile.dtype, ("float32", "float16", "bfloat16"))
+        choose("profile.dtype", s.profile.dtype, DTYPES)
     choose("search.sampler", s.search.sampler, SAMPLERS)
     for objective in s.search.objectives:
         choose("search.objectives", objective, tuple(OBJECTIVES))
