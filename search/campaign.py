@@ -82,6 +82,7 @@ class Campaign:
     num_classes: int
     in_chans: int
     dataset: Any = None  # loaded once here; trainings get it through the executor (`put`)
+    timing: dict[str, float] = dataclasses.field(default_factory=dict)  # this run's phases, in seconds
 
     @classmethod
     def from_settings(cls, settings: RunSettings) -> "Campaign":
@@ -235,9 +236,27 @@ class Campaign:
         progress = Progress(study, lambda: record_reference(study, self.space), self.n_trials,
                             on_trial=self.write_reports)
         driver = Driver(study, self.storage, self.space, executor, settings, on_status=progress, sole_driver=True)
+        started = time.monotonic()
         driver.run()
+        self.timing.update(search_s=time.monotonic() - started, profiling_s=driver.profiling_s)
+        started = time.monotonic()
         self.refine(study, executor, driver.scheduler.capacity, settings)
+        self.timing["refine_s"] = time.monotonic() - started
+        started = time.monotonic()
         self.reprofile(study, executor, settings)
+        self.timing["reprofile_s"] = time.monotonic() - started
+
+    def time_line(self) -> str:
+        """Where this run's time went: the profiling share is time no training could use
+        on the profiling node (the search's windows plus the closing re-profile)."""
+        t = self.timing
+        if "reprofile_s" not in t:
+            return ""
+        total = t["search_s"] + t["refine_s"] + t["reprofile_s"]
+        profiling = t["profiling_s"] + t["reprofile_s"]
+        return (f"time: search {t['search_s']:.0f} s (profiling windows {t['profiling_s']:.0f} s), refinement "
+                f"{t['refine_s']:.0f} s, re-profiling {t['reprofile_s']:.0f} s; profiling {profiling:.0f} s of "
+                f"{total:.0f} s ({profiling / max(total, 1e-9):.0%})")
 
     def reprofile(self, study: optuna.Study, executor, driver: DriverSettings) -> int:
         """Before the report: the front and the candidates in doubt, timed again together."""
@@ -300,6 +319,8 @@ class Campaign:
         lines = [] if interrupted else [
             "", f"{len(finished)} finished trials ({reused} reused an earlier result of the same architecture)",
             "Pareto front (feasible):", format_front(front_frame(study))]
+        if not interrupted and self.time_line():
+            lines.append(self.time_line())
         lines += ["", f"dashboard: {dashboard}", f"trials:    {csv}", f"storage:   {self.storage_url}",
                   f"config:    {self.folder / 'config.yaml'}"]
         text = "\n".join(lines)

@@ -205,6 +205,7 @@ class Driver:
         self.storage = storage
         self.plans: list[Plan] = []  # in flight: every stage but the final ones
         self.failed_this_run = 0
+        self.window_s: dict[float, float] = {}  # this run's profiling windows: start time -> seconds
         self.clock = itertools.count()
         self.started = time.monotonic()
         self.channel = executor.channel()  # epoch progress from running trainings
@@ -385,7 +386,14 @@ class Driver:
             self._status(f"{plan.label}: epoch {epoch}/{epochs}, acc {accuracy:.3f} so far")
 
     def _profiled(self, plan: Plan, window: dict[str, dict[str, Any]]) -> None:
-        self._take_profile(plan, window[plan.record.arch_hash])
+        result = window[plan.record.arch_hash]
+        self.window_s[result["started_at"]] = result["finished_at"] - result["started_at"]  # once per window
+        self._take_profile(plan, result)
+
+    @property
+    def profiling_s(self) -> float:
+        """Seconds this run's profiling windows held their node (training waits meanwhile)."""
+        return sum(self.window_s.values())
 
     def _trained(self, plan: Plan, result: dict[str, Any]) -> None:
         plan.record.update(
