@@ -77,8 +77,7 @@ def _run(settings) -> int:
         raise
     except ClusterError as err:
         campaign.finish(interrupted=True)
-        print(f"error: the Ray cluster was lost ({err}); unfinished trials are queued again: "
-              "re-run the same command once the cluster is back", file=sys.stderr)
+        campaign.report_stop(str(err))
         return EXIT_INCOMPLETE
     print(campaign.finish(interrupted=False))
     print(f"done in {time.monotonic() - started:.0f} s")

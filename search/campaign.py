@@ -83,6 +83,7 @@ class Campaign:
     in_chans: int
     dataset: Any = None  # loaded once here; trainings get it through the executor (`put`)
     timing: dict[str, float] = dataclasses.field(default_factory=dict)  # this run's phases, in seconds
+    _stop_reported: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     @classmethod
     def from_settings(cls, settings: RunSettings) -> "Campaign":
@@ -156,7 +157,7 @@ class Campaign:
             # Ray's files stay under results/ (a short path: Ray's socket paths must fit 107 bytes).
             return RayExecutor(ray.address, ray.num_cpus, Path(self.settings.results_dir) / ".ray",
                                profile_node=profile.node, profile_resources=dict(profile.resources) or None,
-                               pending_timeout_s=ray.pending_timeout_s)
+                               pending_timeout_s=ray.pending_timeout_s, on_lost=self.report_stop)
         except ClusterError as err:
             raise BadInput(str(err)) from None
 
@@ -302,6 +303,13 @@ class Campaign:
         failed = len(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
         return (f"only {finished} of {self.n_trials} trials finished ({failed} failed; see failure_reason in "
                 f"{self.folder / 'trials.csv'}); re-run the same command to retry")
+
+    def report_stop(self, message: str) -> None:
+        """Say once, on stderr, why the cluster stopped the run (the driver and the executor's
+        head watch may both see it)."""
+        if not self._stop_reported.is_set():
+            self._stop_reported.set()
+            print(f"error: {message}", file=sys.stderr, flush=True)
 
     def write_reports(self) -> tuple[Path, Path]:
         """Rewrite `trials.csv` and `dashboard.html` from the storage (each atomically)."""

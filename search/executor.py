@@ -18,6 +18,7 @@ import hashlib
 import os
 import socket
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +159,10 @@ class RayChannel:
         self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
         self.listener = None  # messages come through `drain` only
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A job gets the queue alone: a listener set by the driver would drag the driver along.
+        return {"queue": self.queue, "listener": None}
+
     def put(self, item: Any) -> None:
         from ray.exceptions import RayError
 
@@ -237,7 +242,10 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, temp_dir: Path | None = None, *,
                  profile_node: str | None = None, profile_resources: dict[str, float] | None = None,
-                 pending_timeout_s: float = 30.0, connect_timeout_s: float = 10.0):
+                 pending_timeout_s: float = 30.0, connect_timeout_s: float = 10.0,
+                 on_lost: Callable[[str], None] | None = None, lost_after_s: float = 10.0):
+        """`on_lost`, for a joined cluster: called once, from a watching thread, with the
+        `ClusterLost` message when the head has not answered for `lost_after_s`."""
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         import ray
 
@@ -248,6 +256,7 @@ class RayExecutor:
         self._remote_cache: dict[Callable[..., Any], Any] = {}
         self._exclusive: Job | None = None  # the job holding the profiling node, while it runs or waits
         self._checked_at = 0.0
+        self._closed = threading.Event()  # ends the head watch
         if not ray.is_initialized():
             _connect(ray, address, num_cpus, temp_dir, connect_timeout_s)
         self._address = address or "the local cluster"
@@ -259,6 +268,8 @@ class RayExecutor:
         except ResourceUnavailable:
             ray.shutdown()  # leave no half-made connection behind
             raise
+        if address and on_lost is not None:
+            self._watch_head(on_lost, lost_after_s)
 
     # ------------------------------------------------------------------ nodes
     def nodes(self) -> list[dict[str, Any]]:
@@ -384,8 +395,28 @@ class RayExecutor:
     def _check_head(self) -> None:
         gcs = self._ray.get_runtime_context().gcs_address
         if not _answers(gcs, timeout=2.0):
-            raise ClusterLost(f"lost the Ray cluster at {self._address}: its head ({gcs}) no longer answers; "
-                              f"restart the cluster and re-run the same command to resume")
+            raise ClusterLost(self._head_lost(gcs))
+
+    def _head_lost(self, gcs: str) -> str:
+        return (f"lost the Ray cluster at {self._address}: its head ({gcs}) no longer answers; "
+                f"restart the cluster and re-run the same command to resume")
+
+    def _watch_head(self, on_lost: Callable[[str], None], after_s: float) -> None:
+        """Probe the head from a daemon thread. Ray's client ends the whole process about a
+        minute after its head goes, and the driver may be inside a Ray call that never
+        returns meanwhile: this way the user hears why from us first."""
+        gcs = self._ray.get_runtime_context().gcs_address
+
+        def watch() -> None:
+            last_answer = time.monotonic()
+            while not self._closed.wait(1.0):
+                if _answers(gcs, timeout=2.0):
+                    last_answer = time.monotonic()
+                elif time.monotonic() - last_answer >= after_s and not self._closed.is_set():
+                    on_lost(self._head_lost(gcs))
+                    return
+
+        threading.Thread(target=watch, name="ray-head-watch", daemon=True).start()
 
     def _check_cluster(self) -> None:
         """Raise `ClusterLost` when no node is left: then every job would fail the same way."""
@@ -418,6 +449,7 @@ class RayExecutor:
             self._ray.cancel(job.handle, force=True)
 
     def shutdown(self) -> None:
+        self._closed.set()
         if self._ray.is_initialized():
             self._ray.shutdown()
 
