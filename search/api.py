@@ -44,7 +44,7 @@ def _literal(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_literal(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{_literal(v)}" for k, v in value.items()) + "}"
+        return "{" + ",".join(f"{k}: {_literal(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 

@@ -245,9 +245,12 @@ def parse_args(argv: list[str]) -> RunSettings:
             raise SettingsError(f"{_clip(key)}: unknown key"
                                 + (f" (did you mean {', '.join(hint)}?)" if hint else " (try 'help')"))
         try:  # OmegaConf reads each value as YAML: refuse aliases, deep nesting, control characters first
-            safe_yaml.load(value)
+            parsed = safe_yaml.load(value)
         except safe_yaml.YamlError as err:
             raise SettingsError(f"{key}={_clip(value)}: {err}") from None
+        if isinstance(parsed, dict) and any(v is None and ":" in str(k) for k, v in parsed.items()):
+            # YAML reads {deploy_gpu:1} as one key "deploy_gpu:1" with no value
+            raise SettingsError(f"{key}={_clip(value)}: write a space after each colon, e.g. {{deploy_gpu: 1}}")
         dotlist.append(arg)
     try:
         merged = OmegaConf.merge(schema, *saved, OmegaConf.from_dotlist(dotlist))

@@ -31,3 +31,13 @@ def test_bad_settings_raise_before_anything_runs(tmp_path: Path):
     with pytest.raises(TypeError, match="n_trial"):
         run("hybrid", n_trial=3)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_python_values_reach_the_settings_unchanged():
+    from search.api import to_args
+    from search.settings import parse_args
+
+    settings = parse_args(to_args("hybrid", {"profile.resources": {"deploy_gpu": 1}, "search.objectives":
+                                             ["accuracy", "latency", "params"]}, n_trials=3, data="cifar10"))
+    assert dict(settings.profile.resources) == {"deploy_gpu": 1}
+    assert list(settings.search.objectives) == ["accuracy", "latency", "params"] and settings.search.n_trials == 3

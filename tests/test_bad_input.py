@@ -139,6 +139,7 @@ SETTINGS_CASES = [
     ("profile-min-iters-0", lambda t: ["profile.min_iters=0"], "profile.min_iters="),
     ("profile-cache-proc", lambda t: ["profile.cache=/proc/x"], "profile.cache="),
     ("ray-num-cpus-negative", lambda t: ["ray.num_cpus=-2"], "ray.num_cpus="),
+    ("mapping-without-space", lambda t: ["profile.resources={deploy_gpu:1}"], "space after each colon"),
     ("ray-max-concurrent-negative", lambda t: ["ray.max_concurrent=-1"], "ray.max_concurrent="),
     ("ray-address-refused", lambda t: ["executor=ray", "ray.address=127.0.0.1:1"], "ray.address="),
     ("proxy-epochs-0", lambda t: ["proxy.epochs=0"], "proxy.epochs="),

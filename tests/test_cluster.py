@@ -103,11 +103,22 @@ def test_profiling_holds_one_node_while_the_other_trains(cluster: Cluster, execu
     assert shipped.result(), "the workers did not get the code through runtime_env py_modules"
 
 
-def test_a_profile_resource_no_node_offers_stops_with_one_line(cluster: Cluster):
+def test_a_profile_resource_no_node_offers_stops_with_one_line(cluster: Cluster, tmp_path: Path):
     started = time.monotonic()
     with pytest.raises(ResourceUnavailable, match=r"deploy_gpu: 1.*no node of the cluster") as caught:
         RayExecutor(cluster.address, profile_resources={"deploy_gpu": 1}, pending_timeout_s=5.0)
     assert time.monotonic() - started < 60 and "\n" not in str(caught.value)
+    # The same from the command line: one line, exit 2, within a minute, no study folder.
+    results = tmp_path / "results"
+    started = time.monotonic()
+    search = subprocess.run(
+        [sys.executable, "run_search.py", f"space={write_tiny_space(tmp_path)}", "proxy.preset=smoke",
+         f"ray.address={cluster.address}", "profile.resources={deploy_gpu: 1}", "ray.pending_timeout_s=5",
+         f"results_dir={results}"], cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - started < 60
+    assert search.returncode == 2 and search.stderr.count("\n") == 1, search.stderr[-2000:]
+    assert "deploy_gpu: 1" in search.stderr and "no node of the cluster" in search.stderr
+    assert not any(results.glob("tiny*")), list(results.iterdir())
     # The named node is honoured: the second node profiles when asked for.
     chosen = RayExecutor(cluster.address, profile_node=cluster.node_ids["w2"][:12])
     try:
