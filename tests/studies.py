@@ -26,7 +26,8 @@ target: {img_size: 64, batch_size: 1, dtype: float32, device: cpu, channels_last
 proxy: {width_mult: 0.25, img_size: 16, stem_stride: 1, head_dim: 16}
 report: {reference_latency_ms: 50}
 """
-FAST = ["proxy.preset=smoke", "profile.min_time_s=0.05", "profile.min_iters=3", "profile.max_time_s=5"]
+FAST = ["proxy.preset=smoke", "profile.min_time_s=0.05", "profile.min_iters=3", "profile.max_time_s=5",
+        "profile.target_rel_ci=0.05"]  # tiny networks: precise enough to rank in a second
 
 
 def write_tiny_space(folder: Path) -> Path:
