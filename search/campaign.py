@@ -237,15 +237,20 @@ class Campaign:
         progress = Progress(study, lambda: record_reference(study, self.space), self.n_trials,
                             on_trial=self.write_reports)
         driver = Driver(study, self.storage, self.space, executor, settings, on_status=progress, sole_driver=True)
+        with self._phase("search_s"):
+            driver.run()
+        self.timing["profiling_s"] = driver.profiling_s
+        with self._phase("refine_s"):
+            self.refine(study, executor, driver.scheduler.capacity, settings)
+        with self._phase("reprofile_s"):
+            self.reprofile(study, executor, settings)
+
+    @contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        """Time a phase of the run into `timing[name]` (kept only when the phase ends)."""
         started = time.monotonic()
-        driver.run()
-        self.timing.update(search_s=time.monotonic() - started, profiling_s=driver.profiling_s)
-        started = time.monotonic()
-        self.refine(study, executor, driver.scheduler.capacity, settings)
-        self.timing["refine_s"] = time.monotonic() - started
-        started = time.monotonic()
-        self.reprofile(study, executor, settings)
-        self.timing["reprofile_s"] = time.monotonic() - started
+        yield
+        self.timing[name] = time.monotonic() - started
 
     def time_line(self) -> str:
         """Where this run's time went: the profiling share is time no training could use
@@ -327,8 +332,8 @@ class Campaign:
         lines = [] if interrupted else [
             "", f"{len(finished)} finished trials ({reused} reused an earlier result of the same architecture)",
             "Pareto front (feasible):", format_front(front_frame(study))]
-        if not interrupted and self.time_line():
-            lines.append(self.time_line())
+        if not interrupted and (time_line := self.time_line()):
+            lines.append(time_line)
         lines += ["", f"dashboard: {dashboard}", f"trials:    {csv}", f"storage:   {self.storage_url}",
                   f"config:    {self.folder / 'config.yaml'}"]
         text = "\n".join(lines)
