@@ -83,7 +83,7 @@ class Campaign:
     in_chans: int
     dataset: Any = None  # loaded once here; trainings get it through the executor (`put`)
     timing: dict[str, float] = dataclasses.field(default_factory=dict)  # this run's phases, in seconds
-    _stop_reported: threading.Event = dataclasses.field(default_factory=threading.Event)
+    _stop_reported: threading.Lock = dataclasses.field(default_factory=threading.Lock)  # taken once, never released
 
     @classmethod
     def from_settings(cls, settings: RunSettings) -> "Campaign":
@@ -312,8 +312,7 @@ class Campaign:
     def report_stop(self, message: str) -> None:
         """Say once, on stderr, why the cluster stopped the run (the driver and the executor's
         head watch may both see it)."""
-        if not self._stop_reported.is_set():
-            self._stop_reported.set()
+        if self._stop_reported.acquire(blocking=False):  # atomic: two threads cannot both pass
             print(f"error: {message}", file=sys.stderr, flush=True)
 
     def write_reports(self) -> tuple[Path, Path]:
