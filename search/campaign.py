@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import signal
 import sys
 import threading
 import time
@@ -34,6 +33,7 @@ from .replicates import ReplicateStore
 from .report import (HV_LATENCY_MULTIPLE, ReferencePoint, c1_reference, front_frame, front_trials, format_front,
                      hypervolume, study_reference, write_trials_csv)
 from .settings import RunSettings, SettingsError, check_study_name, to_yaml
+from .stopping import StopSignals
 from .space import SearchSpace, SpecError, describe, load_space
 from .spec import Budget
 from .study import finished_trials, make_sampler, open_study
@@ -83,6 +83,7 @@ class Campaign:
     in_chans: int
     dataset: Any = None  # loaded once here; trainings get it through the executor (`put`)
     timing: dict[str, float] = dataclasses.field(default_factory=dict)  # this run's phases, in seconds
+    stop: StopSignals = dataclasses.field(default_factory=StopSignals)  # Ctrl-C and SIGTERM, while `run` runs
     _stop_reported: threading.Lock = dataclasses.field(default_factory=threading.Lock)  # taken once, never released
 
     @classmethod
@@ -203,7 +204,8 @@ class Campaign:
 
     def run(self) -> None:
         """Run the search. Nothing is written before the cluster answers; the study folder's
-        lock keeps a second driver out; SIGTERM stops the run as Ctrl-C does."""
+        lock keeps a second driver out; SIGTERM stops the run as Ctrl-C does (unfinished trials
+        are marked interrupted and queued again, finished ones are kept)."""
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         executor = self.make_executor()
         self._threads = executor.profile_threads()
@@ -213,7 +215,7 @@ class Campaign:
             except ProfileError as err:
                 raise BadInput(f"profile.cache: {err}") from None
             self.folder.mkdir(parents=True, exist_ok=True)
-            with StudyLock(self.folder), sigterm_as_interrupt():
+            with StudyLock(self.folder), self.stop:
                 self.study = self.open_study()
                 (self.folder / "config.yaml").write_text(to_yaml(self.settings))
                 self._drive(self.study, executor)
@@ -236,7 +238,8 @@ class Campaign:
         settings = self.driver_settings(executor)
         progress = Progress(study, lambda: record_reference(study, self.space), self.n_trials,
                             on_trial=self.write_reports)
-        driver = Driver(study, self.storage, self.space, executor, settings, on_status=progress, sole_driver=True)
+        driver = Driver(study, self.storage, self.space, executor, settings, on_status=progress, sole_driver=True,
+                        check_stop=self.stop.check)
         with self._phase("search_s"):
             driver.run()
         self.timing["profiling_s"] = driver.profiling_s
@@ -250,6 +253,7 @@ class Campaign:
         """Time a phase of the run into `timing[name]` (kept only when the phase ends)."""
         started = time.monotonic()
         yield
+        self.stop.check()  # a stop dropped inside a finalizer ends the run before the next phase
         self.timing[name] = time.monotonic() - started
 
     def time_line(self) -> str:
@@ -288,7 +292,8 @@ class Campaign:
         r = self.settings.refine
         settings = RefineSettings(trainings=r.trainings, max_replicates=r.max_replicates, margin_se=r.margin_se)
         refiner = Refiner(study, executor, settings, capacity, self.train_args(driver), driver.trial_cpus,
-                          driver.trial_gpus, on_event=lambda event: print(f"[refine] {event}", flush=True))
+                          driver.trial_gpus, on_event=lambda event: print(f"[refine] {event}", flush=True),
+                          check_stop=self.stop.check)
         if refiner.budget_left() > 0 and refiner.next_round():
             print(f"refining: up to {refiner.budget_left()} extra trainings where the front is in doubt", flush=True)
         return refiner.run()
@@ -339,24 +344,6 @@ class Campaign:
         if interrupted:
             print(text, file=sys.stderr)
         return text
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (sent by `kill`, `timeout` and job schedulers) stops the search like Ctrl-C:
-    unfinished trials are marked interrupted and queued again, finished ones are kept."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class Progress:

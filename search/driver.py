@@ -192,11 +192,13 @@ class Recorder:
 class Driver:
     def __init__(self, study: optuna.Study, storage: RDBStorage, space: SearchSpace, executor: Executor,
                  settings: DriverSettings, on_status: Callable[[Status], None] | None = None,
-                 sole_driver: bool = False):
+                 sole_driver: bool = False, check_stop: Callable[[], None] = lambda: None):
         """`sole_driver`: the caller holds the study's lock (`search.lock`), so a RUNNING trial
         found at the start belongs to a dead driver and is retried at once, not after the
-        heartbeat grace period."""
+        heartbeat grace period. `check_stop` raises KeyboardInterrupt when a stop was asked
+        for (`search.stopping`); the loop calls it at each turn."""
         self.study, self.space, self.executor, self.settings = study, space, executor, settings
+        self.check_stop = check_stop
         self.sole_driver = sole_driver
         self.on_status = on_status or (lambda status: None)
         capacity = settings.max_concurrent or executor.capacity(settings.trial_cpus, settings.trial_gpus)
@@ -229,6 +231,7 @@ class Driver:
             optuna.storages.fail_stale_trials(self.study)
         try:
             while self._want_more() or self.plans:
+                self.check_stop()
                 self._ask_ahead()
                 self._start()
                 self._collect(timeout=1.0)

@@ -73,10 +73,11 @@ class Refiner:
 
     def __init__(self, study: optuna.Study, executor: Executor, settings: RefineSettings, capacity: int,
                  train_args: Callable[[FrozenTrial, int], tuple[Any, ...]], num_cpus: float, num_gpus: float,
-                 on_event: Callable[[str], None] = lambda event: None):
+                 on_event: Callable[[str], None] = lambda event: None, check_stop: Callable[[], None] = lambda: None):
+        """`check_stop` raises KeyboardInterrupt when a stop was asked for (`search.stopping`)."""
         self.study, self.executor, self.settings, self.capacity = study, executor, settings, capacity
         self.train_args, self.num_cpus, self.num_gpus = train_args, num_cpus, num_gpus
-        self.on_event = on_event
+        self.on_event, self.check_stop = on_event, check_stop
         self.store = ReplicateStore(study)
         self.running: dict[Job, tuple[Candidate, int]] = {}
         self.failures = 0  # failed replicates spend budget too, so a broken one cannot loop
@@ -95,6 +96,7 @@ class Refiner:
         done = 0
         try:
             while True:
+                self.check_stop()
                 for candidate in self.next_round()[: max(0, min(self.budget_left(),
                                                               self.capacity - len(self.running)))]:
                     self._start(candidate)

@@ -1,0 +1,53 @@
+"""Ctrl-C and SIGTERM stop a run, even when the signal lands inside a finalizer.
+
+Python raises KeyboardInterrupt wherever the main thread happens to be. When that is a
+finalizer (a weakref callback or `__del__`, which SQLAlchemy runs often), Python prints
+"Exception ignored" and drops it: the run goes on as if nothing was asked. So the request is
+also remembered, and the loops call `check()` at each turn to raise it again there.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from types import TracebackType
+
+
+class StopSignals:
+    """Within `with StopSignals() as stop:`, SIGINT and SIGTERM raise KeyboardInterrupt and set
+    `stop.requested`; `stop.check()` raises it again if it was dropped. Outside the main thread
+    (where handlers cannot be set) it only answers `check()`."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+        self._previous_hook = sys.unraisablehook
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt("stop requested")
+
+    def _handle(self, signum: int, frame) -> None:
+        self.requested = True
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def _unraisable(self, unraisable) -> None:
+        # The dropped interrupt is not lost (check() raises it again), so its traceback is noise.
+        if not (self.requested and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+            self._previous_hook(unraisable)
+
+    def __enter__(self) -> StopSignals:
+        self.requested = False
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+            self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        if self._previous:
+            sys.unraisablehook = self._previous_hook

@@ -1,0 +1,68 @@
+"""A stop signal that lands inside a finalizer is dropped by Python ("Exception ignored"); the
+run must stop anyway. CI once saw SIGTERM land in a SQLAlchemy weakref callback: the search ran
+to the end and exited 0."""
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from search.campaign import Campaign, Progress
+from search.settings import parse_args
+from search.stopping import StopSignals
+
+from studies import FAST, complete, load
+
+
+class SignalsWhenCollected:
+    """Sends a signal to this process from `__del__`, where the KeyboardInterrupt it raises is
+    dropped, as from SQLAlchemy's weakref callbacks."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+
+    def __del__(self):
+        os.kill(os.getpid(), self.signum)
+        time.sleep(0.05)  # the handler runs here, inside the finalizer
+
+
+def _drop_a_signal(signum: int) -> None:
+    SignalsWhenCollected(signum)
+    gc.collect()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_dropped_in_a_finalizer_is_raised_again_by_check(signum, capsys):
+    with StopSignals() as stop:
+        _drop_a_signal(signum)  # nothing raised here: the finalizer swallowed it
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            stop.check()
+    assert "Exception ignored" not in capsys.readouterr().err  # no traceback for a stop that is handled
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_search_stops_when_the_signal_lands_in_a_finalizer(tiny_space: Path, tmp_path: Path, monkeypatch):
+    settings = parse_args([f"space={tiny_space}", f"results_dir={tmp_path}", "executor=inline", "search.n_trials=4",
+                           "search.sampler=random", "search.seed=0", *FAST, "proxy.epochs=1", "proxy.train_size=128",
+                           "proxy.val_size=100", "refine.trainings=0"])
+    show = Progress.__call__
+
+    def show_then_drop_a_sigterm(self, status):
+        show(self, status)
+        if status.finished == 1:
+            _drop_a_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(Progress, "__call__", show_then_drop_a_sigterm)
+    campaign = Campaign.from_settings(settings)
+    with pytest.raises(KeyboardInterrupt):
+        campaign.run()
+    study = load(tmp_path, "tiny")
+    assert len(complete(study)) < 4
+    assert TrialState.RUNNING not in {t.state for t in study.trials}
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
