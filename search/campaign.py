@@ -33,9 +33,9 @@ from .replicates import ReplicateStore
 from .report import (HV_LATENCY_MULTIPLE, ReferencePoint, c1_reference, front_frame, front_trials, format_front,
                      hypervolume, study_reference, write_trials_csv)
 from .settings import RunSettings, SettingsError, check_study_name, to_yaml
-from .stopping import StopSignals
 from .space import SearchSpace, SpecError, describe, load_space
 from .spec import Budget
+from .stopping import StopSignals
 from .study import finished_trials, make_sampler, open_study
 
 
