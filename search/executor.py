@@ -257,6 +257,7 @@ class RayExecutor:
         self._exclusive: Job | None = None  # the job holding the profiling node, while it runs or waits
         self._checked_at = 0.0
         self._closed = threading.Event()  # ends the head watch
+        self._last_word = None  # a joined cluster's `search.last_word.LastWord`
         if not ray.is_initialized():
             _connect(ray, address, num_cpus, temp_dir, connect_timeout_s)
         self._address = address or "the local cluster"
@@ -404,8 +405,13 @@ class RayExecutor:
     def _watch_head(self, on_lost: Callable[[str], None], after_s: float) -> None:
         """Probe the head from a daemon thread. Ray's client ends the whole process about a
         minute after its head goes, and the driver may be inside a Ray call that never
-        returns meanwhile: this way the user hears why from us first."""
+        returns meanwhile: this way the user hears why from us first. Ray may also end the
+        process at once (when its local raylet dies): then a helper process says it
+        (`search.last_word`)."""
+        from .last_word import LastWord  # it imports this module
+
         gcs = self._ray.get_runtime_context().gcs_address
+        self._last_word = LastWord(gcs, self._head_lost(gcs))
 
         def watch() -> None:
             last_answer = time.monotonic()
@@ -413,6 +419,7 @@ class RayExecutor:
                 if _answers(gcs, timeout=2.0):
                     last_answer = time.monotonic()
                 elif time.monotonic() - last_answer >= after_s and not self._closed.is_set():
+                    self._last_word.settle()  # said here: the helper must not say it again
                     on_lost(self._head_lost(gcs))
                     return
 
@@ -452,6 +459,8 @@ class RayExecutor:
         self._closed.set()
         if self._ray.is_initialized():
             self._ray.shutdown()
+        if self._last_word is not None:
+            self._last_word.settle()  # after Ray lets go: until then Ray may still end the process
 
 
 # ---------------------------------------------------------------------------- connecting
