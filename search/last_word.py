@@ -43,10 +43,11 @@ class LastWord:
 
 
 def head_answers(gcs: str, tries: int = 3) -> bool:
-    for _ in range(tries):
+    for attempt in range(tries):
+        if attempt:
+            time.sleep(1.0)  # between tries only: the line should not wait for nothing
         if _answers(gcs, timeout=2.0):
             return True
-        time.sleep(1.0)
     return False
 
 
