@@ -51,3 +51,4 @@ class StopSignals:
             signal.signal(signum, handler)
         if self._previous:
             sys.unraisablehook = self._previous_hook
+        self._previous = {}  # a later use from another thread must not restore these again
