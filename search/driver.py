@@ -344,6 +344,7 @@ class Driver:
 
     # ------------------------------------------------------------------ starting jobs
     def _start(self) -> None:
+        self.check_stop()  # an inline job runs to its end here: a stop kept meanwhile must not wait for it
         to_train, to_profile = self.scheduler.next(self.plans)
         for plan in to_train:
             plan.job = self.executor.submit(
@@ -387,6 +388,7 @@ class Driver:
         plan = next((p for p in self.plans if p.trial.number == number), None)
         if plan is not None and epoch < epochs:  # the last epoch's result comes with the trial's end
             self._status(f"{plan.label}: epoch {epoch}/{epochs}, acc {accuracy:.3f} so far")
+        self.check_stop()  # inline, this runs inside the training: a stop kept by the status line ends it
 
     def _profiled(self, plan: Plan, window: dict[str, dict[str, Any]]) -> None:
         result = window[plan.record.arch_hash]

@@ -3,14 +3,15 @@
 Python raises KeyboardInterrupt wherever the main thread happens to be. When that is a
 finalizer (a weakref callback or `__del__`, which SQLAlchemy runs often), Python prints
 "Exception ignored" and drops it: the run goes on as if nothing was asked. So the request is
-also remembered, and the loops call `check()` at each turn to raise it again there.
+also remembered, and the loops call `check()` at each turn to raise it again there. Inside
+the storage's SQLAlchemy the handler does not raise at all (see `DEFER_IN`).
 """
 from __future__ import annotations
 
 import signal
 import sys
 import threading
-from types import TracebackType
+from types import FrameType, TracebackType
 
 
 class StopSignals:
@@ -19,6 +20,10 @@ class StopSignals:
     (where handlers cannot be set) it only answers `check()`."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    # Code an exception must not tear halfway: an interrupt inside SQLAlchemy (a commit, or its
+    # weakref cleanup) can leave the session broken, so the very next write, the one recording
+    # the interrupt, fails. There the request is only kept; `check()` raises it a moment later.
+    DEFER_IN = ("sqlalchemy.",)
 
     def __init__(self) -> None:
         self.requested = False
@@ -29,9 +34,10 @@ class StopSignals:
         if self.requested:
             raise KeyboardInterrupt("stop requested")
 
-    def _handle(self, signum: int, frame) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
-        raise KeyboardInterrupt(f"signal {signum}")
+        if not _inside(frame, self.DEFER_IN):
+            raise KeyboardInterrupt(f"signal {signum}")
 
     def _unraisable(self, unraisable) -> None:
         # The dropped interrupt is not lost (check() raises it again), so its traceback is noise.
@@ -52,3 +58,12 @@ class StopSignals:
         if self._previous:
             sys.unraisablehook = self._previous_hook
         self._previous = {}  # a later use from another thread must not restore these again
+
+
+def _inside(frame: FrameType | None, modules: tuple[str, ...]) -> bool:
+    """Whether any frame of the stack runs code of one of `modules` (name prefixes)."""
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(modules):
+            return True
+        frame = frame.f_back
+    return False

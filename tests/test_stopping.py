@@ -72,3 +72,30 @@ def test_a_search_stops_when_the_signal_lands_in_a_finalizer(tiny_space: Path, t
     assert len(complete(study)) < 4
     assert TrialState.RUNNING not in {t.state for t in study.trials}
     assert _handlers() == before
+
+
+def test_a_signal_inside_sqlalchemy_is_kept_and_raised_after_the_write(tmp_path: Path):
+    """An interrupt must not tear a storage write halfway (the write that records the
+    interrupt would then fail): inside SQLAlchemy the handler only keeps the request."""
+    import optuna
+    import sqlalchemy
+    from sqlalchemy.orm import Session
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+
+    def signal_mid_flush(session, context):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs here, with SQLAlchemy's flush on the stack
+
+    with StopSignals() as stop:
+        sqlalchemy.event.listen(Session, "after_flush", signal_mid_flush)
+        try:
+            study.tell(trial, 1.0)  # not interrupted: the write completes
+        finally:
+            sqlalchemy.event.remove(Session, "after_flush", signal_mid_flush)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            stop.check()
+    assert study.trials[0].state is TrialState.COMPLETE
