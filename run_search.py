@@ -27,7 +27,7 @@ EXIT_INTERRUPTED = 130
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from search.settings import SettingsError, help_text, parse_sweep, validate
+    from search.app.settings import SettingsError, help_text, parse_sweep, validate
 
     if not argv or argv[0] in ("help", "-h", "--help"):
         print(help_text())
@@ -56,8 +56,8 @@ def _bad_input(err: BaseException) -> int:
 
 
 def _run(settings) -> int:
-    from search.campaign import BadInput, Campaign
-    from search.executor import ClusterError
+    from search.app.campaign import BadInput, Campaign
+    from search.engine.executor import ClusterError
 
     try:
         campaign = Campaign.from_settings(settings)

@@ -3,9 +3,9 @@ images) and one profiling window of the same candidates on CUDA (fp16, batch 16)
 Prints one line per training and per measured candidate; writes $OUT/gpu_check.json."""
 import json, os, sys, time
 import torch
-from search import jobs
-from search.space import load_space
-from search.proxy import preset
+from search.measure import jobs
+from search.space.space import load_space
+from search.measure.proxy import preset
 
 out = os.environ.get("OUT", "/tmp")
 space = load_space("paper")

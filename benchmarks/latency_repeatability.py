@@ -34,8 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ascan import ArchConfig  # noqa: E402
-from search.profile import LatencySettings, ProfileCache, ProfileResult, profile_config, profile_window  # noqa: E402
-from search.space import load_space  # noqa: E402
+from search.measure.profile import LatencySettings, ProfileCache, ProfileResult, profile_config, profile_window  # noqa: E402
+from search.space.space import load_space  # noqa: E402
 
 TARGETS = {"spearman": 0.97, "median": 0.015, "worst": 0.05}
 

@@ -33,8 +33,8 @@ from timm.utils import reparameterize_model
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ascan.zoo import ZOO_CONFIGS  # noqa: E402  (importing ascan registers its zoo with timm)
-from search.macs import analytic_macs, count_macs, count_params, flop_counter_macs  # noqa: E402
-from search.profile import (DTYPES, LatencySettings, environment_fingerprint, measure_latency,  # noqa: E402
+from search.measure.macs import analytic_macs, count_macs, count_params, flop_counter_macs  # noqa: E402
+from search.measure.profile import (DTYPES, LatencySettings, environment_fingerprint, measure_latency,  # noqa: E402
                             measurement_environment)
 
 MODELS = ("ascan_tiny", "ascan_tiny_sym", "maxvit_tiny_tf_224", "coatnet_0_rw_224", "convnext_tiny",

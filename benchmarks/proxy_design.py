@@ -36,11 +36,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pandas as pd  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
-from search.data import load_dataset, make_split  # noqa: E402
-from search.estimate import binomial_se, replicate_seed  # noqa: E402
-from search.macs import analytic_macs  # noqa: E402
-from search.proxy import PRESETS, ProxySettings, fit, seeded_model  # noqa: E402
-from search.space import PAPER_C1, Candidate, SearchSpace, load_space  # noqa: E402
+from search.measure.data import load_dataset, make_split  # noqa: E402
+from search.measure.estimate import binomial_se, replicate_seed  # noqa: E402
+from search.measure.macs import analytic_macs  # noqa: E402
+from search.measure.proxy import PRESETS, ProxySettings, fit, seeded_model  # noqa: E402
+from search.space.space import PAPER_C1, Candidate, SearchSpace, load_space  # noqa: E402
 
 # A training step (forward + backward + update) costs about 2.6 scoring passes per image:
 # measured on the C1 proxy, 650 images/s trained vs 1,700 images/s scored (search/proxy.py).

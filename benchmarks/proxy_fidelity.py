@@ -35,10 +35,10 @@ import pandas as pd  # noqa: E402
 from proxy_design import append_row, draw_layouts, read_rows  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
-from search.data import load_dataset, make_split  # noqa: E402
-from search.estimate import combine_replicates, replicate_seed  # noqa: E402
-from search.proxy import PRESETS, fit, seeded_model  # noqa: E402
-from search.space import Candidate, SearchSpace, load_space  # noqa: E402
+from search.measure.data import load_dataset, make_split  # noqa: E402
+from search.measure.estimate import combine_replicates, replicate_seed  # noqa: E402
+from search.measure.proxy import PRESETS, fit, seeded_model  # noqa: E402
+from search.space.space import Candidate, SearchSpace, load_space  # noqa: E402
 
 
 def train_row(space: SearchSpace, candidate: Candidate, preset_name: str, seed: int, scale: float,

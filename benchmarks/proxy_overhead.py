@@ -27,8 +27,8 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from ascan import ArchConfig, build_model  # noqa: E402
-from search.data import Normalizer, load_dataset, make_split  # noqa: E402
-from search.proxy import PRESETS, fit, resolve_device  # noqa: E402
+from search.measure.data import Normalizer, load_dataset, make_split  # noqa: E402
+from search.measure.proxy import PRESETS, fit, resolve_device  # noqa: E402
 
 C1_PROXY = ArchConfig(layouts=("CC", "CCCT", "CCTT", "CTTT"), widths=(16, 32, 64, 128), stem_width=16,
                       stem_stride=1, head_width=256, head_dim=16, img_size=32, num_classes=10)

@@ -21,8 +21,8 @@ from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search.findings import load_architectures  # noqa: E402
-from search.report import StudyFolderError, open_study_dir  # noqa: E402
+from search.report.findings import load_architectures  # noqa: E402
+from search.report.tables import StudyFolderError, open_study_dir  # noqa: E402
 
 
 def main() -> None:

@@ -72,7 +72,7 @@ def count_macs(model: nn.Module) -> tuple[int, str]:
     uncounted heavy ops) when it is importable; otherwise the same idea, inline.
     """
     try:
-        from search.macs import count_macs as project_count_macs
+        from search.measure.macs import count_macs as project_count_macs
     except ImportError:
         return _fvcore_macs(model), "fvcore + local SDPA handle"
     return project_count_macs(model, (1, 3, IMG_SIZE, IMG_SIZE)).total, "search.macs.count_macs"

@@ -3,9 +3,9 @@
 
 
 def __getattr__(name: str):
-    # Lazy, so that `import search.spec` (and Ray workers) do not pay for the whole stack.
+    # Lazy, so that `import search.space.spec` (and Ray workers) do not pay for the whole stack.
     if name in ("run", "SearchResult"):
-        from . import api
+        from search.app import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'search' has no attribute {name!r}")

@@ -11,10 +11,10 @@ import statistics
 import optuna
 from optuna.trial import TrialState
 
-from search import jobs
-from search.campaign import Campaign
-from search.settings import parse_args
-from search.space import load_space
+from search.measure import jobs
+from search.app.campaign import Campaign
+from search.app.settings import parse_args
+from search.space.space import load_space
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_SPACE = """\

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from search.settings import SettingsError
+from search.app.settings import SettingsError
 
 
 def test_run_returns_the_study_front_trials_and_dashboard(tiny_space: Path, tmp_path: Path, capsys):
@@ -34,8 +34,8 @@ def test_bad_settings_raise_before_anything_runs(tmp_path: Path):
 
 
 def test_python_values_reach_the_settings_unchanged():
-    from search.api import to_args
-    from search.settings import parse_args
+    from search.app.api import to_args
+    from search.app.settings import parse_args
 
     settings = parse_args(to_args("hybrid", {"profile.resources": {"deploy_gpu": 1}, "search.objectives":
                                              ["accuracy", "latency", "params"]}, n_trials=3, data="cifar10"))

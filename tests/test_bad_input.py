@@ -264,7 +264,7 @@ def _evil_batches(tmp: Path) -> str:
 @pytest.fixture(autouse=True)
 def never_search(monkeypatch):
     """A case that slips through validation must fail fast here, not run a search."""
-    from search.campaign import Campaign
+    from search.app.campaign import Campaign
 
     def refuse(self):
         raise AssertionError("bad input reached Campaign.run")

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 import run_search
-from search.space import load_space
-from search.spec import SpecError
+from search.space.space import load_space
+from search.space.spec import SpecError
 
 from studies import FAST, REPO, complete, load
 

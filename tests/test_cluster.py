@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from cluster import Cluster, process_table, two_node_cluster
-from search import jobs
-from search.data import load_dataset
-from search.executor import (ClusterUnreachable, Executor, InlineExecutor, RayExecutor,
+from search.measure import jobs
+from search.measure.data import load_dataset
+from search.engine.executor import (ClusterUnreachable, Executor, InlineExecutor, RayExecutor,
                              ResourceUnavailable)
-from search.profile import LatencySettings
-from search.space import load_space
+from search.measure.profile import LatencySettings
+from search.space.space import load_space
 from studies import REPO, write_tiny_space
 
 TOKEN_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED")
@@ -146,7 +146,7 @@ def test_connection_failures_are_one_line_and_quick(cluster: Cluster):
         RayExecutor("127.0.0.1:1")
     assert time.monotonic() - started < 10
     # Joining the token-protected head without the token: one line naming the fix.
-    script = ("from search.executor import RayExecutor, ClusterUnreachable\n"
+    script = ("from search.engine.executor import RayExecutor, ClusterUnreachable\n"
               f"try:\n    RayExecutor({cluster.address!r}, connect_timeout_s=3)\n"
               "except ClusterUnreachable as err:\n    print('ERROR', err)\n")
     env = {k: v for k, v in cluster.env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
@@ -161,10 +161,10 @@ def test_connection_failures_are_one_line_and_quick(cluster: Cluster):
 LOSE_NODES = """
 import os, signal, sys, time
 from cluster import Cluster
-from search.executor import ClusterLost, RayExecutor, WorkerLost
+from search.engine.executor import ClusterLost, RayExecutor, WorkerLost
 
 def nap(seconds):
-    from search.jobs import where_am_i
+    from search.measure.jobs import where_am_i
     time.sleep(seconds)
     return where_am_i()
 

@@ -11,10 +11,10 @@ import torch
 from timm.utils import reparameterize_model
 
 from ascan import ArchConfig, build_model
-from search import jobs
-from search.data import DataError, load_dataset
-from search.profile import LatencySettings, measure_latency, profile_window
-from search.proxy import preset
+from search.measure import jobs
+from search.measure.data import DataError, load_dataset
+from search.measure.profile import LatencySettings, measure_latency, profile_window
+from search.measure.proxy import preset
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

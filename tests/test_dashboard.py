@@ -18,9 +18,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.dashboard import finished_frame, reference_for, write_dashboard
-from search.dashboard import main as dashboard_main
-from search.report import ReferencePoint, front_trials, hypervolume_history, open_study_dir
+from search.report.dashboard import finished_frame, reference_for, write_dashboard
+from search.report.dashboard import main as dashboard_main
+from search.report.tables import ReferencePoint, front_trials, hypervolume_history, open_study_dir
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

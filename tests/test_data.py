@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from search import data as data_mod
-from search.data import (DataError, Normalizer, find_dataset_root, final_split, load_dataset, make_split,
+from search.measure import data as data_mod
+from search.measure.data import (DataError, Normalizer, find_dataset_root, final_split, load_dataset, make_split,
                          random_crop_flip, stratified_split)
 
 SHARED_NPZ = data_mod.project_data_dir() / "cifar10.npz"

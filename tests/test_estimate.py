@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from search.estimate import AccuracyEstimate, binomial_se, combine_replicates, replicate_seed
+from search.measure.estimate import AccuracyEstimate, binomial_se, combine_replicates, replicate_seed
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ import yaml
 from optuna.trial import TrialState, create_trial
 
 from ascan import ArchConfig, zoo
-from search.export import ExportError, export_trial
-from search.export import main as export_main
-from search.report import front_trials, open_study_dir
+from search.report.export import ExportError, export_trial
+from search.report.export import main as export_main
+from search.report.tables import front_trials, open_study_dir
 
 REPO = Path(__file__).resolve().parent.parent
 

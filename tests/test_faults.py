@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.lock import StudyLock
+from search.engine.lock import StudyLock
 
 from cluster import two_node_cluster
 from studies import FAST, REPO, cli, complete, load
@@ -77,7 +77,7 @@ def test_driver_killed_then_rerun_at_once_leaves_nothing_running(tiny_space: Pat
 def test_a_second_driver_is_refused_naming_the_first(tiny_space: Path, tmp_path: Path):
     folder = tmp_path / "tiny-cifar10-smoke-s0"
     folder.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from search.lock import StudyLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from search.engine.lock import StudyLock; "
                                f"StudyLock({str(folder)!r}).acquire(); print('held', flush=True); time.sleep(120)"],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -112,7 +112,7 @@ def test_a_run_whose_every_training_fails_exits_1(tiny_space: Path, tmp_path: Pa
     """Every training diverges (a recipe no key allows: lr 1e30 without gradient clipping): the
     run stops at its failure limit and exits 1 with one line naming the shortfall, not 0."""
     import run_search
-    from search.campaign import Campaign
+    from search.app.campaign import Campaign
 
     recipe = Campaign.proxy_settings
     monkeypatch.setattr(Campaign, "proxy_settings", lambda self: {**recipe(self), "lr": 1e30, "max_grad_norm": None})

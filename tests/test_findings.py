@@ -11,11 +11,11 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 
-from search.findings import (BLOCKS_RUN, CONTRADICTED, INCONCLUSIVE, NOT_RUN, ORDER_RUN, PAPER_RUN, SUPPORTED,
+from search.report.findings import (BLOCKS_RUN, CONTRADICTED, INCONCLUSIVE, NOT_RUN, ORDER_RUN, PAPER_RUN, SUPPORTED,
                              build_report, main, needed, render_markdown, t_before_c, weighted_t, write_findings)
-from search.record import TrialRecord
-from search.replicates import Replicate, ReplicateStore
-from search.space import layout_family, load_space
+from search.engine.record import TrialRecord
+from search.engine.replicates import Replicate, ReplicateStore
+from search.space.space import layout_family, load_space
 
 from test_dashboard import DomSummary, browse, needs_chromium
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from ascan import zoo
-from search.report import front_trials, open_study_dir
-from search.space import SPACES_DIR, SPACES_ENV, SpecError, load_space, spaces_dirs
+from search.report.tables import front_trials, open_study_dir
+from search.space.space import SPACES_DIR, SPACES_ENV, SpecError, load_space, spaces_dirs
 from studies import TINY_SPACE
 
 REPO = Path(__file__).resolve().parent.parent

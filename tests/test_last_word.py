@@ -20,7 +20,7 @@ def _driver(gcs: str, ending: str, tmp_path) -> subprocess.CompletedProcess:
     code = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(REPO)!r})
-        from search.last_word import LastWord
+        from search.engine.last_word import LastWord
         word = LastWord({gcs!r}, {LOST!r})
         {ending}
     """)

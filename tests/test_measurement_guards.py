@@ -10,9 +10,9 @@ import pytest
 import ascan
 import ascan.config
 from ascan import ArchConfig
-from search.macs import analytic_macs
-from search.profile import _ascan_code_hash
-from search.profile_cache import ProfileError
+from search.measure.macs import analytic_macs
+from search.measure.profile import _ascan_code_hash
+from search.measure.profile_cache import ProfileError
 
 PACKAGE = Path(ascan.__file__).parent
 

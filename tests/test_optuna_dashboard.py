@@ -19,7 +19,7 @@ import optuna
 import optuna_dashboard
 import pytest
 
-from search.study import named_constraints
+from search.engine.study import named_constraints
 
 LAYOUT = re.compile(r"^[CT]+(-[CT]+){3}$")  # e.g. CC-CCCT-CCTT-CTTT
 

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from ascan import ArchConfig, build_model
 from ascan.zoo import ZOO_CONFIGS
-from search.macs import analytic_macs, count_macs, count_params, flop_counter_macs
-from search.profile import (LatencySettings, ProfileCache, ProfileError, ProfileResult, environment_fingerprint,
+from search.measure.macs import analytic_macs, count_macs, count_params, flop_counter_macs
+from search.measure.profile import (LatencySettings, ProfileCache, ProfileError, ProfileResult, environment_fingerprint,
                             fingerprint_hash, measure_latency, profile_config)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -232,7 +232,7 @@ def test_profile_config_measures_once_per_machine(profiled):
 
 WRITER = textwrap.dedent("""
     import sys, time
-    from search.profile_cache import ProfileCache, ProfileResult
+    from search.measure.profile_cache import ProfileCache, ProfileResult
     worker, rows, start_at = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
     time.sleep(max(0.0, start_at - time.time()))  # all writers start together
     cache = ProfileCache(sys.argv[4])

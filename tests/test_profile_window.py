@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from ascan import ArchConfig, build_model
-from search.macs import analytic_macs
-from search.profile import (LatencySettings, ProfileCache, ProfileError, lookup_profile, measure_latency,
+from search.measure.macs import analytic_macs
+from search.measure.profile import (LatencySettings, ProfileCache, ProfileError, lookup_profile, measure_latency,
                             measure_window, profile_config, profile_window)
-from search.profile_cache import SCHEMA_VERSION, stable_hash
+from search.measure.profile_cache import SCHEMA_VERSION, stable_hash
 
 SMALL = ArchConfig(img_size=32, widths=(16, 32, 64, 128), stem_width=16, head_width=128)
 REF_A = SMALL

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from ascan import ArchConfig
-from search import data as data_mod
-from search.data import load_dataset, make_split
-from search.estimate import binomial_se, combine_replicates, replicate_seed
-from search.proxy import PRESETS, ProxySettings, evaluate, preset, train_proxy, warmup_cosine
+from search.measure import data as data_mod
+from search.measure.data import load_dataset, make_split
+from search.measure.estimate import binomial_se, combine_replicates, replicate_seed
+from search.measure.proxy import PRESETS, ProxySettings, evaluate, preset, train_proxy, warmup_cosine
 
 SHARED_NPZ = data_mod.project_data_dir() / "cifar10.npz"
 pytestmark = pytest.mark.skipif(not SHARED_NPZ.is_file(), reason=f"CIFAR-10 not at {SHARED_NPZ}")
@@ -93,7 +93,7 @@ def test_callback_exceptions_propagate_to_stop_a_trial(smoke_split):
 
 def test_evaluate_scores_a_trained_model_on_other_images(cifar, smoke_split):
     from ascan import build_model
-    from search.proxy import fit
+    from search.measure.proxy import fit
     model = build_model(TINY)
     result = fit(model, smoke_split, preset("smoke", epochs=1))
     same = evaluate(model, smoke_split.x_val, smoke_split.y_val, smoke_split, PRESETS["smoke"])

@@ -9,9 +9,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import proxy_design  # noqa: E402
 
-from search.macs import analytic_macs  # noqa: E402
-from search.proxy import PRESETS  # noqa: E402
-from search.space import PAPER_C1, Candidate, load_space  # noqa: E402
+from search.measure.macs import analytic_macs  # noqa: E402
+from search.measure.proxy import PRESETS  # noqa: E402
+from search.space.space import PAPER_C1, Candidate, load_space  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import optuna
 import pandas as pd
 import pytest
 
-from search.campaign import Campaign
-from search.driver import Plan, Scheduler, Stage
-from search.objectives import OBJECTIVES, Objective
-from search.record import REUSED, TrialRecord
-from search.settings import SettingsError, parse_args
+from search.app.campaign import Campaign
+from search.engine.driver import Plan, Scheduler, Stage
+from search.engine.objectives import OBJECTIVES, Objective
+from search.engine.record import REUSED, TrialRecord
+from search.app.settings import SettingsError, parse_args
 
 from studies import FAST, complete
 
@@ -111,7 +111,7 @@ def test_an_objective_is_one_table_entry(tiny_space: Path, tmp_path: Path, monke
 
 
 def test_reused_trials_say_so_in_their_record(study_dir: Path):
-    from search.report import open_study_dir
+    from search.report.tables import open_study_dir
 
     study = open_study_dir(study_dir)
     records = [TrialRecord.load(t) for t in complete(study)]

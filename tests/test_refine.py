@@ -9,13 +9,13 @@ import pytest
 from optuna.trial import TrialState, create_trial
 from optuna.distributions import CategoricalDistribution
 
-from search.campaign import Campaign
-from search.executor import InlineExecutor
-from search.record import TrialRecord
-from search.refine import Refiner, RefineSettings, candidates, in_doubt
-from search.replicates import LatencyHistory, Replicate, ReplicateStore
-from search.report import format_front, front_frame, front_trials, trials_frame
-from search.settings import parse_args
+from search.app.campaign import Campaign
+from search.engine.executor import InlineExecutor
+from search.engine.record import TrialRecord
+from search.engine.refine import Refiner, RefineSettings, candidates, in_doubt
+from search.engine.replicates import LatencyHistory, Replicate, ReplicateStore
+from search.report.tables import format_front, front_frame, front_trials, trials_frame
+from search.app.settings import parse_args
 
 from studies import FAST, complete
 

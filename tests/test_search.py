@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from search.campaign import Campaign
-from search.report import trials_frame
-from search.settings import parse_args
+from search.app.campaign import Campaign
+from search.report.tables import trials_frame
+from search.app.settings import parse_args
 
 from studies import FAST, REPO, cli, complete, load
 

@@ -5,8 +5,8 @@ import dataclasses
 
 import pytest
 
-from search import settings as settings_mod
-from search.settings import SettingsError, all_keys, help_text, parse_args, parse_sweep, to_yaml, validate
+from search.app import settings as settings_mod
+from search.app.settings import SettingsError, all_keys, help_text, parse_args, parse_sweep, to_yaml, validate
 
 
 def test_help_gives_every_key_its_default_meaning_and_choices():
@@ -21,8 +21,8 @@ def test_help_gives_every_key_its_default_meaning_and_choices():
 
 
 def test_choices_in_help_are_the_ones_the_code_accepts():
-    from search.data import DATASETS
-    from search.proxy import PRESETS
+    from search.measure.data import DATASETS
+    from search.measure.proxy import PRESETS
 
     fields = settings_mod._fields()
     assert fields["data.name"].metadata["choices"] == DATASETS
@@ -68,7 +68,7 @@ def test_validate_accepts_good_settings_and_creates_nothing(tmp_path):
 
 
 def test_profile_overrides_reach_the_latency_settings():
-    from search.campaign import Campaign
+    from search.app.campaign import Campaign
 
     campaign = Campaign.from_settings(parse_args(["space=paper", "dry_run=true", "profile.dtype=float16",
                                          "profile.compile=true", "profile.batch_size=16"]))

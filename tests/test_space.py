@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from ascan.config import ArchConfig
-from search.space import SPACES_DIR, Candidate, SpecError, describe, layout_family, load_space, main
-from search.spec import display_path
+from search.space.space import SPACES_DIR, Candidate, SpecError, describe, layout_family, load_space, main
+from search.space.spec import display_path
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -20,7 +20,7 @@ from timm.utils import reparameterize_model
 from ascan import ArchConfig, build_model
 from ascan.blocks import T_BLOCK_TYPES
 from ascan.fused import CachedOutput, FusedConv, FusedLinear
-from search.data import project_data_dir
+from search.measure.data import project_data_dir
 
 CIFAR = project_data_dir() / "cifar10.npz"
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from search.campaign import Campaign, Progress
-from search.settings import parse_args
-from search.stopping import StopSignals
+from search.app.campaign import Campaign, Progress
+from search.app.settings import parse_args
+from search.engine.stopping import StopSignals
 
 from studies import FAST, complete, load
 

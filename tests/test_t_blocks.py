@@ -14,7 +14,7 @@ from ascan import ArchConfig, build_model
 from ascan.blocks import T_BLOCK_TYPES, WINDOW_SIZE, HierarchicalBlock, MultiAxisBlock
 from ascan.config import C_BLOCKS, T_BLOCKS
 from ascan.zoo import ZOO_CONFIGS, register_zoo_file
-from search.macs import analytic_macs, count_macs
+from search.measure.macs import analytic_macs, count_macs
 
 NEW_T_BLOCKS = ("multi_axis", "hierarchical")
 # The search's proxy (32 px, stem stride 1: stage maps 16/8/4/2, so windows of 7 are padded) and

@@ -60,9 +60,9 @@ def to_args(space: str, overrides: dict[str, Any] | None = None, **settings: Any
 def run(space: str, overrides: dict[str, Any] | None = None, **settings: Any) -> SearchResult:
     """Run (or resume) a search and return its study, front, trials and report paths.
     Bad settings raise `search.settings.SettingsError` or `search.campaign.BadInput`."""
-    from .campaign import Campaign
-    from .report import front_frame, trials_frame
-    from .settings import parse_args
+    from search.app.campaign import Campaign
+    from search.report.tables import front_frame, trials_frame
+    from search.app.settings import parse_args
 
     campaign = Campaign.from_settings(parse_args(to_args(space, overrides, **settings)))
     campaign.run()

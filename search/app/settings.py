@@ -16,7 +16,6 @@ import itertools
 import math
 import os
 import re
-import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +24,9 @@ from typing import Any, Optional
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from . import safe_yaml
-from .objectives import OBJECTIVES, check_objectives
+from search.space import safe_yaml
+from search.engine.objectives import OBJECTIVES, check_objectives
+from search.engine.probe import connect_error
 
 
 class SettingsError(ValueError):
@@ -352,8 +352,8 @@ def validate(s: RunSettings) -> None:
     and proxy preset exist, devices are present, results_dir, the profile cache and a sqlite
     storage can be written, a storage URL parses, a Ray address answers. Creates nothing (a
     probe file is made and removed in an existing folder). Raises `SettingsError`."""
-    from .data import DATASETS
-    from .proxy import PRESETS, preset
+    from search.measure.data import DATASETS
+    from search.measure.proxy import PRESETS, preset
 
     if s.data.name not in DATASETS:
         raise SettingsError(f"data.name={_clip(s.data.name)}: choose one of {', '.join(DATASETS)}")
@@ -442,12 +442,8 @@ def _check_storage(url: str) -> None:
 
 
 def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except (OSError, ValueError) as err:
-        raise SettingsError(f"ray.address={_clip(address)}: no Ray cluster answers there "
-                            f"({getattr(err, 'strerror', None) or err})") from None
+    if (error := connect_error(address, timeout_s)) is not None:
+        raise SettingsError(f"ray.address={_clip(address)}: no Ray cluster answers there ({error})")
 
 
 def to_yaml(settings: RunSettings) -> str:

@@ -19,24 +19,24 @@ import optuna
 
 from ascan import ArchConfig
 
-from .dashboard import write_dashboard
-from .data import DataError, load_dataset, stratified_split
-from .driver import Driver, DriverSettings, Status
-from .executor import ClusterError, InlineExecutor, RayExecutor
-from .lock import StudyLock, StudyLocked
-from .profile_cache import ProfileCache, ProfileError
-from .proxy import ProxySettings
-from .proxy import preset as proxy_preset
-from .record import REUSED, TrialRecord
-from .refine import RefineSettings, Refiner, candidates, in_doubt, reprofile
-from .replicates import ReplicateStore
-from .report import (HV_LATENCY_MULTIPLE, ReferencePoint, c1_reference, front_frame, front_trials, format_front,
+from search.report.dashboard import write_dashboard
+from search.measure.data import DataError, load_dataset, stratified_split
+from search.engine.driver import Driver, DriverSettings, Status
+from search.engine.executor import ClusterError, InlineExecutor, RayExecutor
+from search.engine.lock import StudyLock, StudyLocked
+from search.measure.profile_cache import ProfileCache, ProfileError
+from search.measure.proxy import ProxySettings
+from search.measure.proxy import preset as proxy_preset
+from search.engine.record import REUSED, TrialRecord
+from search.engine.refine import RefineSettings, Refiner, candidates, in_doubt, reprofile
+from search.engine.replicates import ReplicateStore
+from search.report.tables import (HV_LATENCY_MULTIPLE, ReferencePoint, c1_reference, front_frame, front_trials, format_front,
                      hypervolume, study_reference, write_trials_csv)
-from .settings import RunSettings, SettingsError, check_study_name, to_yaml
-from .space import SearchSpace, SpecError, describe, load_space
-from .spec import Budget
-from .stopping import StopSignals
-from .study import finished_trials, make_sampler, open_study
+from search.app.settings import RunSettings, SettingsError, check_study_name, to_yaml
+from search.space.space import SearchSpace, SpecError, describe, load_space
+from search.space.spec import Budget
+from search.engine.stopping import StopSignals
+from search.engine.study import finished_trials, make_sampler, open_study
 
 
 class BadInput(ValueError):

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from .executor import _answers
+from search.engine.probe import answers
 
 
 class LastWord:
@@ -29,7 +29,7 @@ class LastWord:
         home = str(Path(__file__).resolve().parent.parent)  # where `search` is, wherever the driver runs
         path = os.pathsep.join(filter(None, [home, os.environ.get("PYTHONPATH")]))
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "search.last_word", gcs, lost_message, str(os.getpid())],
+            [sys.executable, "-m", "search.engine.last_word", gcs, lost_message, str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": path},
             start_new_session=True)  # Ctrl-C in the terminal is the driver's, not the helper's
         atexit.register(self.settle)  # any exit Python sees (a traceback says enough); not Ray's
@@ -42,11 +42,11 @@ class LastWord:
             pass
 
 
-def head_answers(gcs: str, tries: int = 3) -> bool:
+def headanswers(gcs: str, tries: int = 3) -> bool:
     for attempt in range(tries):
         if attempt:
             time.sleep(1.0)  # between tries only: the line should not wait for nothing
-        if _answers(gcs, timeout=2.0):
+        if answers(gcs, timeout=2.0):
             return True
     return False
 
@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
     gcs, lost_message, pid = argv
     if sys.stdin.buffer.read():  # blocks until the driver ends, however it ends
         return 0
-    if head_answers(gcs):
+    if headanswers(gcs):
         line = (f"the search driver (pid {pid}) ended before it finished (killed, or ended by Ray); "
                 f"finished trials are kept: re-run the same command to resume")
     else:

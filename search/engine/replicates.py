@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 import optuna
 from optuna.trial import FrozenTrial
 
-from .estimate import AccuracyEstimate, combine_replicates
-from .record import TrialRecord
+from search.measure.estimate import AccuracyEstimate, combine_replicates
+from search.engine.record import TrialRecord
 
 PREFIX = "replicates:"
 

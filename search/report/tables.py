@@ -20,11 +20,11 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from .objectives import OBJECTIVES
-from .record import TrialRecord, record_fields
-from .replicates import LatencyHistory, ReplicateStore
-from .space import PAPER_C1
-from .study import named_constraints
+from search.engine.objectives import OBJECTIVES
+from search.engine.record import TrialRecord, record_fields
+from search.engine.replicates import LatencyHistory, ReplicateStore
+from search.space.space import PAPER_C1
+from search.engine.study import named_constraints
 
 # Shown beside the objectives in a front table.
 FRONT_EXTRAS = ["latency_ci_low_ms", "latency_ci_high_ms", "latency_p90_ms", "macs", "params"]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ascan import ArchConfig
 
 if TYPE_CHECKING:
-    from .data import ImageDataset
+    from search.measure.data import ImageDataset
 
 
 def profile_target(target: dict[str, Any], settings: dict[str, Any], cache_path: str | None) -> dict[str, Any]:
@@ -26,7 +26,7 @@ def profile_target(target: dict[str, Any], settings: dict[str, Any], cache_path:
     The driver runs this with a whole node reserved (`submit_exclusive`), so nothing else
     shares it; `settings["num_threads"]` should be that node's CPU count.
     """
-    from .profile import LatencySettings, ProfileCache, profile_config
+    from search.measure.profile import LatencySettings, ProfileCache, profile_config
 
     started_at = time.time()
     cache = ProfileCache(cache_path) if cache_path else None
@@ -39,7 +39,7 @@ def profile_window_job(targets: list[dict[str, Any]], reference: dict[str, Any],
     """Anchored latencies (with intervals), params and MACs of a window of targets timed
     together with `reference` in every round (`search.profile.profile_window`), by arch hash.
     Runs alone on the profiling node, like `profile_target`."""
-    from .profile import LatencySettings, ProfileCache, profile_window
+    from search.measure.profile import LatencySettings, ProfileCache, profile_window
 
     started_at = time.time()
     cache = ProfileCache(cache_path) if cache_path else None
@@ -59,8 +59,8 @@ def train_candidate(proxy: dict[str, Any], data: "str | ImageDataset", data_root
     `progress` (an executor's `Channel`) receives `(tag, epoch, epochs, accuracy)` after
     every epoch.
     """
-    from .data import load_dataset, make_split
-    from .proxy import ProxySettings, train_proxy
+    from search.measure.data import load_dataset, make_split
+    from search.measure.proxy import ProxySettings, train_proxy
 
     started_at = time.time()
     proxy_settings = ProxySettings(**settings)
@@ -90,7 +90,7 @@ def cheap_metrics(target: ArchConfig) -> dict[str, float]:
 
     from ascan import build_model
 
-    from .macs import analytic_macs, count_params
+    from search.measure.macs import analytic_macs, count_params
 
     with torch.device("meta"):
         params = count_params(build_model(target))
@@ -103,7 +103,7 @@ def cached_profile(target: ArchConfig, settings: dict[str, Any], cache_path: str
     never one anchored to another), or None (then it must be measured)."""
     if not cache_path:
         return None
-    from .profile import LatencySettings, ProfileCache, lookup_profile
+    from search.measure.profile import LatencySettings, ProfileCache, lookup_profile
 
     anchor = ArchConfig.from_dict(reference) if reference else None
     hit = lookup_profile(target, LatencySettings.from_dict(settings), ProfileCache(cache_path), reference=anchor)

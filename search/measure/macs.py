@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ascan import ArchConfig
 from ascan.blocks import WINDOW_SIZE
 
-from .profile_cache import ProfileError, one_line
+from search.measure.profile_cache import ProfileError, one_line
 
 __all__ = ["MacCount", "count_params", "count_macs", "analytic_macs", "sdpa_macs", "flop_counter_macs"]
 

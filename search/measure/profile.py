@@ -49,8 +49,8 @@ from timm.utils import reparameterize_model
 import ascan
 from ascan import ArchConfig, build_model
 
-from .macs import MacCount, analytic_macs, count_macs, count_params
-from .profile_cache import (ProfileCache, ProfileError, ProfileResult, from_known_fields, one_line, reference_hash,
+from search.measure.macs import MacCount, analytic_macs, count_macs, count_params
+from search.measure.profile_cache import (ProfileCache, ProfileError, ProfileResult, from_known_fields, one_line, reference_hash,
                             stable_hash)
 
 __all__ = [

@@ -26,8 +26,8 @@ from timm.optim import param_groups_weight_decay
 
 from ascan import ArchConfig, build_model
 
-from .data import DataSplit, Normalizer, random_crop_flip
-from .estimate import binomial_se
+from search.measure.data import DataSplit, Normalizer, random_crop_flip
+from search.measure.estimate import binomial_se
 
 EpochCallback = Callable[[int, float], None]
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "none": None}

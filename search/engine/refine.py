@@ -19,11 +19,11 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from . import jobs
-from .estimate import replicate_seed
-from .executor import Executor, Job, JobFailed, WorkerLost
-from .record import TrialRecord
-from .replicates import LatencyHistory, Replicate, ReplicateStore
+from search.measure import jobs
+from search.measure.estimate import replicate_seed
+from search.engine.executor import Executor, Job, JobFailed, WorkerLost
+from search.engine.record import TrialRecord
+from search.engine.replicates import LatencyHistory, Replicate, ReplicateStore
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import os
-import socket
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+
+from search.engine.last_word import LastWord
+from search.engine.probe import answers
 
 NODE_ID_LABEL = "ray.io/node-id"  # a label Ray gives every node; selectors can exclude one
 
@@ -257,7 +260,7 @@ class RayExecutor:
         self._exclusive: Job | None = None  # the job holding the profiling node, while it runs or waits
         self._checked_at = 0.0
         self._closed = threading.Event()  # ends the head watch
-        self._last_word = None  # a joined cluster's `search.last_word.LastWord`
+        self._last_word = None  # a joined cluster's `search.engine.last_word.LastWord`
         if not ray.is_initialized():
             _connect(ray, address, num_cpus, temp_dir, connect_timeout_s)
         self._address = address or "the local cluster"
@@ -395,7 +398,7 @@ class RayExecutor:
 
     def _check_head(self) -> None:
         gcs = self._ray.get_runtime_context().gcs_address
-        if not _answers(gcs, timeout=2.0):
+        if not answers(gcs, timeout=2.0):
             raise ClusterLost(self._head_lost(gcs))
 
     def _head_lost(self, gcs: str) -> str:
@@ -407,8 +410,7 @@ class RayExecutor:
         minute after its head goes, and the driver may be inside a Ray call that never
         returns meanwhile: this way the user hears why from us first. Ray may also end the
         process at once (when its local raylet dies): then a helper process says it
-        (`search.last_word`)."""
-        from .last_word import LastWord  # it imports this module
+        (`search.engine.last_word`)."""
 
         gcs = self._ray.get_runtime_context().gcs_address
         self._last_word = LastWord(gcs, self._head_lost(gcs))
@@ -416,7 +418,7 @@ class RayExecutor:
         def watch() -> None:
             last_answer = time.monotonic()
             while not self._closed.wait(1.0):
-                if _answers(gcs, timeout=2.0):
+                if answers(gcs, timeout=2.0):
                     last_answer = time.monotonic()
                 elif time.monotonic() - last_answer >= after_s and not self._closed.is_set():
                     self._last_word.settle()  # said here: the helper must not say it again
@@ -472,7 +474,7 @@ def _connect(ray: Any, address: str | None, num_cpus: int | None, temp_dir: Path
             options["_temp_dir"] = _short_path(temp_dir)
         ray.init(num_cpus=num_cpus, **options)
         return
-    if address != "auto" and not _answers(address, timeout_s):
+    if address != "auto" and not answers(address, timeout_s):
         raise ClusterUnreachable(f"no Ray cluster answers at ray.address={address}: "
                                  f"check the address (the head prints it after `ray start --head`) and that "
                                  f"the head is running (`ray status --address={address}`)")
@@ -498,22 +500,10 @@ def _connect(ray: Any, address: str | None, num_cpus: int | None, temp_dir: Path
 def _code_runtime_env() -> dict[str, Any]:
     """Ship `ascan` and `search` to every worker of a cluster we join: nodes need only Python
     and the pinned packages, not a checkout at the same path."""
-    import ascan
-
-    import search
-
-    folders = [str(Path(module.__file__).parent) for module in (ascan, search)]
+    # Found, not imported: the engine imports neither `ascan` nor its own root package.
+    folders = [importlib.util.find_spec("ascan").submodule_search_locations[0], str(Path(__file__).resolve().parents[1])]
     return {"py_modules": folders, "excludes": ["__pycache__", "*.pyc"]}
 
-
-def _answers(address: str, timeout: float) -> bool:
-    """True when something accepts a TCP connection at `host:port`."""
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
 
 
 @contextlib.contextmanager

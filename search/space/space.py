@@ -32,7 +32,7 @@ from typing import Any
 import optuna
 
 from ascan.config import NUM_STAGES, ArchConfig
-from search.spec import (DEFAULT_WIDTHS, FAMILIES, Budget, Constraints, NetworkSettings, ProxySettings,
+from search.space.spec import (DEFAULT_WIDTHS, FAMILIES, Budget, Constraints, NetworkSettings, ProxySettings,
                          ReportSettings, Spec, SpecError, StageRule, TargetSettings, display_path, layout_family,
                          locate_spec, read_spec, stage_is_even)
 
@@ -47,7 +47,7 @@ def _builtin_spaces_dir() -> Path:
     try:
         return Path(str(importlib.resources.files("search.spaces")))  # a folder: wheels install unzipped
     except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / "spaces"
+        return Path(__file__).resolve().parents[2] / "spaces"
 
 
 SPACES_DIR = _builtin_spaces_dir()

@@ -12,7 +12,7 @@ from typing import Iterator
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-from .objectives import OBJECTIVES
+from search.engine.objectives import OBJECTIVES
 
 HEARTBEAT_S = 20  # a RUNNING trial with no heartbeat for GRACE_S belonged to a dead driver
 GRACE_S = 60

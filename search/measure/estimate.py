@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 
-class Replicate(Protocol):
+class Scored(Protocol):
     """What combining needs from one training (a `search.proxy.ProxyResult` has it)."""
 
     @property
@@ -66,7 +66,7 @@ def binomial_se(accuracy: float, count: int) -> float:
     return math.sqrt(accuracy * (1.0 - accuracy) / count)
 
 
-def combine_replicates(replicates: Sequence[Replicate]) -> AccuracyEstimate:
+def combine_replicates(replicates: Sequence[Scored]) -> AccuracyEstimate:
     """Mean, SE and count of several trainings of ONE architecture on one data slice.
 
     Raises ValueError for no replicates, a failed one (filter those first: a failure is not an

@@ -28,12 +28,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ascan import ArchConfig
 
-from . import jobs
-from .executor import ClusterError, Executor, Job, JobFailed, WorkerLost
-from .record import FAILED, INFEASIBLE, INTERRUPTED, REUSED, TRAINED, TrialRecord
-from .space import Candidate, SearchSpace
-from .spec import Budget
-from .study import (fail_orphan, finished_trials, quiet_heartbeats, record_heartbeat, release_storage_session,
+from search.measure import jobs
+from search.engine.executor import ClusterError, Executor, Job, JobFailed, WorkerLost
+from search.engine.record import FAILED, INFEASIBLE, INTERRUPTED, REUSED, TRAINED, TrialRecord
+from search.space.space import Candidate, SearchSpace
+from search.space.spec import Budget
+from search.engine.study import (fail_orphan, finished_trials, quiet_heartbeats, record_heartbeat, release_storage_session,
                     set_constraints)
 
 INTERRUPTED_REASON = "interrupted: the driver was stopped (Ctrl-C); re-run the same command to resume"

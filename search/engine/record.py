@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from .objectives import OBJECTIVES
+from search.engine.objectives import OBJECTIVES
 
 # How a finished trial got its values.
 TRAINED, REUSED, INFEASIBLE, FAILED, INTERRUPTED = "trained", "reused", "infeasible", "failed", "interrupted"

@@ -92,7 +92,7 @@ class ImageDataset:
 # ---------------------------------------------------------------------------- lookup
 def project_data_dir() -> Path:
     """`../shared/data` next to the repository that holds this package."""
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def user_cache_dir() -> Path:

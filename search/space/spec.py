@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from ascan.config import C_BLOCKS, NUM_STAGES, STAGE_PATTERN, T_BLOCKS
 
-from . import safe_yaml
+from search.space import safe_yaml
 
 FAMILIES = ("symmetric", "asymmetric")
 DEFAULT_WIDTHS = (64, 128, 256, 512)

@@ -1,0 +1,1 @@
+"""The application: the CLI's settings, a run's wiring and phases, the Python API."""

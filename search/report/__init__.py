@@ -1,0 +1,1 @@
+"""Reading studies: tables and fronts, the dashboard, the findings report, export."""

@@ -1,0 +1,1 @@
+"""Specs and the search space: YAML → `Spec` → `SearchSpace` → candidates and their networks."""
