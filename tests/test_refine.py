@@ -11,6 +11,7 @@ from optuna.distributions import CategoricalDistribution
 
 from search.app.campaign import Campaign
 from search.engine.executor import InlineExecutor
+from search.engine.phases import Context, ReprofilePhase
 from search.engine.record import TrialRecord
 from search.engine.refine import Refiner, RefineSettings, candidates, in_doubt
 from search.engine.replicates import LatencyHistory, Replicate, ReplicateStore
@@ -89,12 +90,12 @@ def test_refinement_adds_replicates_with_new_seeds_and_resumes(tiny_space: Path,
                 raise KeyboardInterrupt  # Ctrl-C while the second replicate starts
             return super().submit(*a, **k)
 
-    settings = campaign.driver_settings(InlineExecutor())
+    evaluator = campaign.make_evaluator(InlineExecutor())
     refine = RefineSettings(trainings=3, max_replicates=3, margin_se=10.0)  # everything is in doubt
     with pytest.raises(KeyboardInterrupt):
-        Refiner(study, StopAfterOne(), refine, 1, campaign.train_args(settings), 1, 0).run()
+        Refiner(study, StopAfterOne(), refine, 1, evaluator, 1, 0).run()
     assert store.all_extra() == 1  # the finished replicate survived the interrupt
-    done = Refiner(study, InlineExecutor(), refine, 1, campaign.train_args(settings), 1, 0).run()
+    done = Refiner(study, InlineExecutor(), refine, 1, evaluator, 1, 0).run()
     assert done == 2 and store.all_extra() == 3  # resumed with the budget left
     for trial in complete(study):
         replicates = store.replicates(trial)
@@ -109,7 +110,10 @@ def test_refinement_adds_replicates_with_new_seeds_and_resumes(tiny_space: Path,
     # the latest latency counts, and the first measurement stays in the record.
     history = LatencyHistory(study)
     before = {TrialRecord.load(t).arch_hash: len(history.history(TrialRecord.load(t).arch_hash)) for t in complete(study)}
-    assert campaign.reprofile(study, InlineExecutor(), settings) == 2
+    context = Context(study, campaign.storage, evaluator, InlineExecutor(), campaign.driver_settings(InlineExecutor()),
+                      refine)
+    ReprofilePhase().run(context)
+    assert context.results["reprofiled"] == 2
     frame = trials_frame(study)
     for trial in complete(study):
         record = TrialRecord.load(trial)

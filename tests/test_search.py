@@ -31,7 +31,7 @@ def test_inline_study_completes_and_csv_matches_storage(tiny_space: Path, tmp_pa
     proc = cli(f"space={tiny_space}", "executor=inline", "search.n_trials=3", *FAST, results=results)
     assert "Pareto front" in proc.stdout and "trials.csv" in proc.stdout
     # Where the time went: the profiling windows' share, measured inside the windows.
-    time_line = re.search(r"profiling windows (\d+) s\).*; profiling (\d+) s of (\d+) s \((\d+)%\)", proc.stdout)
+    time_line = re.search(r"search \d+ s \(profiling (\d+) s\).*; profiling (\d+) s of (\d+) s \((\d+)%\)", proc.stdout)
     assert time_line, proc.stdout
     windows, profiling, total, share = map(int, time_line.groups())
     assert 0 < windows <= profiling <= total and abs(share - 100 * profiling / total) < 10  # printed rounded

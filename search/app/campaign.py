@@ -10,10 +10,9 @@ import math
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import optuna
 
@@ -21,15 +20,16 @@ from ascan import ArchConfig
 
 from search.report.dashboard import write_dashboard
 from search.measure.data import DataError, load_dataset, stratified_split
-from search.engine.driver import Driver, DriverSettings, Status
+from search.engine.driver import DriverSettings, Status
 from search.engine.executor import ClusterError, InlineExecutor, RayExecutor
 from search.engine.lock import StudyLock, StudyLocked
 from search.measure.profile_cache import ProfileCache, ProfileError
 from search.measure.proxy import ProxySettings
 from search.measure.proxy import preset as proxy_preset
 from search.engine.record import REUSED, TrialRecord
-from search.engine.refine import RefineSettings, Refiner, candidates, in_doubt, reprofile
-from search.engine.replicates import ReplicateStore
+from search.engine.phases import DEFAULT_PHASES, Context, Phase
+from search.engine.refine import RefineSettings
+from search.measure.evaluator import ProxyEvaluator
 from search.report.tables import (HV_LATENCY_MULTIPLE, ReferencePoint, c1_reference, front_frame, front_trials, format_front,
                      hypervolume, study_reference, write_trials_csv)
 from search.app.settings import RunSettings, SettingsError, check_study_name, to_yaml
@@ -82,7 +82,9 @@ class Campaign:
     num_classes: int
     in_chans: int
     dataset: Any = None  # loaded once here; trainings get it through the executor (`put`)
+    phases: tuple[Phase, ...] = dataclasses.field(default_factory=lambda: tuple(p() for p in DEFAULT_PHASES))
     timing: dict[str, float] = dataclasses.field(default_factory=dict)  # this run's phases, in seconds
+    profiling: dict[str, float] = dataclasses.field(default_factory=dict)  # of which the profiling node was held
     stop: StopSignals = dataclasses.field(default_factory=StopSignals)  # Ctrl-C and SIGTERM, while `run` runs
     _stop_reported: threading.Lock = dataclasses.field(default_factory=threading.Lock)  # taken once, never released
 
@@ -184,8 +186,8 @@ class Campaign:
         study.set_user_attr("space", self.space.name)
         self._check_latency_settings(study)
         if s.enqueue_references and not study.get_trials(deepcopy=False):
-            for candidate in self.space.reference_candidates():
-                study.enqueue_trial(self.space.params_for(candidate), user_attrs={"reference": True})
+            for params in self.evaluator.reference_params():
+                study.enqueue_trial(params, user_attrs={"reference": True})
         return study
 
     def _check_latency_settings(self, study: optuna.Study) -> None:
@@ -209,6 +211,7 @@ class Campaign:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         executor = self.make_executor()
         self._threads = executor.profile_threads()
+        self.evaluator = self.make_evaluator(executor)
         try:
             try:
                 ProfileCache(self.cache_path())  # an unreadable cache is bad input, found before any trial
@@ -224,79 +227,43 @@ class Campaign:
         finally:
             executor.shutdown()
 
+    def make_evaluator(self, executor) -> ProxyEvaluator:
+        return ProxyEvaluator(self.space, executor.put(self.dataset), self.proxy_settings(),
+                              self.latency_settings(executor.profile_threads()), str(self.cache_path()),
+                              self.reference_network().to_dict(), self.num_classes, self.in_chans)
+
     def driver_settings(self, executor) -> DriverSettings:
         s = self.settings
         return DriverSettings(
             n_trials=self.n_trials, objectives=list(s.search.objectives), budget=self.budget(),
-            data=executor.put(self.dataset), proxy_settings=self.proxy_settings(),
-            latency_settings=self.latency_settings(executor.profile_threads()), cache_path=str(self.cache_path()),
-            reference=self.reference_network().to_dict(),
-            num_classes=self.num_classes, in_chans=self.in_chans, max_retries=s.search.max_retries,
-            trial_cpus=s.ray.trial_cpus, trial_gpus=self._trial_gpus(executor), max_concurrent=s.ray.max_concurrent)
+            max_retries=s.search.max_retries, trial_cpus=s.ray.trial_cpus, trial_gpus=self._trial_gpus(executor),
+            max_concurrent=s.ray.max_concurrent)
 
     def _drive(self, study: optuna.Study, executor) -> None:
-        settings = self.driver_settings(executor)
+        r = self.settings.refine
         progress = Progress(study, lambda: record_reference(study, self.space), self.n_trials,
                             on_trial=self.write_reports)
-        driver = Driver(study, self.storage, self.space, executor, settings, on_status=progress, sole_driver=True,
-                        check_stop=self.stop.check)
-        with self._phase("search_s"):
-            driver.run()
-        self.timing["profiling_s"] = driver.profiling_s
-        with self._phase("refine_s"):
-            self.refine(study, executor, driver.scheduler.capacity, settings)
-        with self._phase("reprofile_s"):
-            self.reprofile(study, executor, settings)
-
-    @contextmanager
-    def _phase(self, name: str) -> Iterator[None]:
-        """Time a phase of the run into `timing[name]` (kept only when the phase ends)."""
-        started = time.monotonic()
-        yield
-        self.stop.check()  # a stop dropped inside a finalizer ends the run before the next phase
-        self.timing[name] = time.monotonic() - started
+        context = Context(study, self.storage, self.evaluator, executor, self.driver_settings(executor),
+                          RefineSettings(trainings=r.trainings, max_replicates=r.max_replicates, margin_se=r.margin_se),
+                          say=lambda line: print(line, flush=True), on_status=progress, check_stop=self.stop.check,
+                          sole_driver=True)
+        for phase in self.phases:
+            started = time.monotonic()
+            self.profiling[phase.name] = phase.run(context)
+            self.stop.check()  # a stop dropped inside a finalizer ends the run before the next phase
+            self.timing[phase.name] = time.monotonic() - started
 
     def time_line(self) -> str:
-        """Where this run's time went: the profiling share is time no training could use
-        on the profiling node (the search's windows plus the closing re-profile)."""
-        t = self.timing
-        if "reprofile_s" not in t:
+        """Where this run's time went, phase by phase; the profiling share is time no training
+        could use on the profiling node (the search's windows, the closing re-profile)."""
+        t, held = self.timing, self.profiling
+        if len(t) < len(self.phases):
             return ""
-        total = t["search_s"] + t["refine_s"] + t["reprofile_s"]
-        profiling = t["profiling_s"] + t["reprofile_s"]
-        return (f"time: search {t['search_s']:.0f} s (profiling windows {t['profiling_s']:.0f} s), refinement "
-                f"{t['refine_s']:.0f} s, re-profiling {t['reprofile_s']:.0f} s; profiling {profiling:.0f} s of "
-                f"{total:.0f} s ({profiling / max(total, 1e-9):.0%})")
-
-    def reprofile(self, study: optuna.Study, executor, driver: DriverSettings) -> int:
-        """Before the report: the front and the candidates in doubt, timed again together."""
-        store = ReplicateStore(study)
-        doubtful = [c.trial for c in in_doubt(candidates(study, store), self.settings.refine.margin_se)]
-        trials = {t.number: t for t in [*front_trials(study), *doubtful]}
-        if len(trials) < 2:
-            return 0  # one network needs no common window
-        print(f"re-profiling {len(trials)} front and near-front candidates together", flush=True)
-        return reprofile(study, executor, list(trials.values()), driver.reference, driver.latency_settings,
-                         driver.cache_path)
-
-    @staticmethod
-    def train_args(driver: DriverSettings) -> Callable[[optuna.trial.FrozenTrial, int], tuple]:
-        """The arguments of `jobs.train_candidate` for one more replicate of a trial."""
-        def args(trial: optuna.trial.FrozenTrial, seed: int) -> tuple:
-            return TrialRecord.load(trial).proxy_config, driver.data, None, {**driver.proxy_settings, "seed": seed}
-
-        return args
-
-    def refine(self, study: optuna.Study, executor, capacity: int, driver: DriverSettings) -> int:
-        """Extra replicates where the front is in doubt (see `search.refine`)."""
-        r = self.settings.refine
-        settings = RefineSettings(trainings=r.trainings, max_replicates=r.max_replicates, margin_se=r.margin_se)
-        refiner = Refiner(study, executor, settings, capacity, self.train_args(driver), driver.trial_cpus,
-                          driver.trial_gpus, on_event=lambda event: print(f"[refine] {event}", flush=True),
-                          check_stop=self.stop.check)
-        if refiner.budget_left() > 0 and refiner.next_round():
-            print(f"refining: up to {refiner.budget_left()} extra trainings where the front is in doubt", flush=True)
-        return refiner.run()
+        total, profiling = sum(t.values()), sum(held.values())
+        parts = [f"{name} {seconds:.0f} s" + (f" (profiling {held[name]:.0f} s)" if held.get(name) else "")
+                 for name, seconds in t.items()]
+        return (f"time: {', '.join(parts)}; profiling {profiling:.0f} s of {total:.0f} s "
+                f"({profiling / max(total, 1e-9):.0%})")
 
     def _trial_gpus(self, executor) -> float:
         wanted = self.settings.ray.trial_gpus

@@ -27,6 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 from search.space import safe_yaml
 from search.engine.objectives import OBJECTIVES, check_objectives
 from search.engine.probe import connect_error
+from search.engine.study import SAMPLERS as SAMPLER_REGISTRY, sampler_class
 
 
 class SettingsError(ValueError):
@@ -42,7 +43,7 @@ def _key(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
-SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
+SAMPLERS = tuple(SAMPLER_REGISTRY)
 EXECUTORS = ("ray", "inline")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -51,7 +52,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 @dataclass
 class SearchSettings:
     n_trials: int = _key(16, "finished trials wanted; a rerun resumes until this many exist")
-    sampler: str = _key("tpe", "Optuna sampler", SAMPLERS)
+    sampler: str = _key("tpe", "Optuna sampler: a name, or any optuna BaseSampler subclass as package.module:Class", SAMPLERS)
     seed: int = _key(0, "seed of the sampler and the proxy training (0 to 2**32-1)")
     study_name: Optional[str] = _key(None, "letters, digits and ._+=- (at most 100); default: <space>-<data>-<preset>-s<seed>")
     storage: Optional[str] = _key(None, "SQLAlchemy URL; default: sqlite:///<results_dir>/<study>/study.db")
@@ -275,7 +276,13 @@ def _check_choices(s: RunSettings) -> None:
     choose("profile.clock", s.profile.clock, ("wall", "cpu"))
     if s.profile.dtype is not None:
         choose("profile.dtype", s.profile.dtype, DTYPES)
-    choose("search.sampler", s.search.sampler, SAMPLERS)
+    if ":" in s.search.sampler:  # a sampler class by import path: importable and a sampler, checked now
+        try:
+            sampler_class(s.search.sampler)
+        except ValueError as err:
+            raise SettingsError(str(err)) from None
+    else:
+        choose("search.sampler", s.search.sampler, SAMPLERS)
     for objective in s.search.objectives:
         choose("search.objectives", objective, tuple(OBJECTIVES))
     try:

@@ -26,13 +26,10 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from ascan import ArchConfig
-
-from search.measure import jobs
+from search.engine.evaluator import Evaluator
 from search.engine.executor import ClusterError, Executor, Job, JobFailed, WorkerLost
 from search.engine.record import FAILED, INFEASIBLE, INTERRUPTED, REUSED, TRAINED, TrialRecord
-from search.space.space import Candidate, SearchSpace
-from search.space.spec import Budget
+from search.space.budget import Budget
 from search.engine.study import (fail_orphan, finished_trials, quiet_heartbeats, record_heartbeat, release_storage_session,
                     set_constraints)
 
@@ -61,13 +58,6 @@ class DriverSettings:
     n_trials: int
     objectives: list[str]
     budget: Budget
-    data: Any  # the dataset, or the executor's handle for it (`Executor.put`)
-    proxy_settings: dict[str, Any]
-    latency_settings: dict[str, Any]
-    cache_path: str | None
-    reference: dict[str, Any] | None  # the network timed in every round of a profiling window (C1's target)
-    num_classes: int
-    in_chans: int
     max_retries: int = 1
     trial_cpus: float = 1.0
     trial_gpus: float = 0.0
@@ -77,22 +67,19 @@ class DriverSettings:
 
 @dataclass(eq=False)
 class Plan:
-    """A trial in flight: its candidate, its networks, its record so far, and its stage."""
+    """A trial in flight: its record so far (the candidate as the evaluator described it) and its stage."""
 
     trial: optuna.Trial
-    candidate: Candidate
-    target: ArchConfig
-    proxy: ArchConfig
     record: TrialRecord
     stage: Stage = Stage.ASKED
     job: Job | None = None
     twin_of: "Plan | None" = None
     since: int = 0  # when it entered its stage (a counter): queues are first come, first served
-    started: float = 0.0  # time.monotonic() when it entered its stage
+    started: float = 0.0  # the driver's clock when it entered its stage
 
     @property
     def label(self) -> str:
-        return f"trial {self.trial.number} {self.candidate.layout}"
+        return f"trial {self.trial.number} {self.record.layout}"
 
 
 @dataclass
@@ -190,14 +177,17 @@ class Recorder:
 
 
 class Driver:
-    def __init__(self, study: optuna.Study, storage: RDBStorage, space: SearchSpace, executor: Executor,
+    def __init__(self, study: optuna.Study, storage: RDBStorage, evaluator: Evaluator, executor: Executor,
                  settings: DriverSettings, on_status: Callable[[Status], None] | None = None,
-                 sole_driver: bool = False, check_stop: Callable[[], None] = lambda: None):
+                 sole_driver: bool = False, check_stop: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.monotonic):
         """`sole_driver`: the caller holds the study's lock (`search.lock`), so a RUNNING trial
         found at the start belongs to a dead driver and is retried at once, not after the
         heartbeat grace period. `check_stop` raises KeyboardInterrupt when a stop was asked
-        for (`search.stopping`); the loop calls it at each turn."""
-        self.study, self.space, self.executor, self.settings = study, space, executor, settings
+        for (`search.engine.stopping`); the loop calls it at each turn. `clock` gives the seconds
+        that progress and ages count in (a replay's simulated clock)."""
+        self.study, self.evaluator, self.executor, self.settings = study, evaluator, executor, settings
+        self.clock_s = clock
         self.check_stop = check_stop
         self.sole_driver = sole_driver
         self.on_status = on_status or (lambda status: None)
@@ -208,8 +198,8 @@ class Driver:
         self.plans: list[Plan] = []  # in flight: every stage but the final ones
         self.failed_this_run = 0
         self.window_s: dict[float, float] = {}  # this run's profiling windows: start time -> seconds
-        self.clock = itertools.count()
-        self.started = time.monotonic()
+        self.ticks = itertools.count()
+        self.started = self.clock_s()
         self.channel = executor.channel()  # epoch progress from running trainings
         self.channel.listener = self._progress
         self.by_arch = {t.user_attrs.get("arch_hash"): t for t in finished_trials(study)
@@ -255,12 +245,12 @@ class Driver:
         return self._finished() + len(self.plans) < self.settings.n_trials
 
     def _status(self, event: str) -> None:
-        now = time.monotonic()
+        now = self.clock_s()
         ages = tuple(now - p.started for p in self.plans if p.stage is Stage.TRAINING)
         self.on_status(Status(self._finished(), self.settings.n_trials, len(ages), now - self.started, event, ages))
 
     def _move(self, plan: Plan, stage: Stage) -> None:
-        plan.stage, plan.since, plan.started = stage, next(self.clock), time.monotonic()
+        plan.stage, plan.since, plan.started = stage, next(self.ticks), self.clock_s()
         if stage.done:
             self.plans.remove(plan)
 
@@ -279,19 +269,9 @@ class Driver:
             self._route(plan)
 
     def _plan(self, trial: optuna.Trial) -> Plan:
-        candidate = self.space.sample(trial)
-        target = self.space.target_config(candidate)
-        proxy = self.space.proxy_config(candidate, num_classes=self.settings.num_classes)
-        if proxy.in_chans != self.settings.in_chans:
-            proxy = proxy.replace(in_chans=self.settings.in_chans)
         record = TrialRecord.load(trial)  # what was enqueued with it: reference, retry_of
-        record.update(
-            layout=candidate.layout, family=self.space.family(candidate), arch_hash=target.arch_hash,
-            target_name=target.short_name(), proxy_name=proxy.short_name(), c_block=target.c_block,
-            t_block=target.t_block,
-            t_per_stage="-".join(str(t) for t in target.t_counts),
-            target_config=target.to_dict(), proxy_config=proxy.to_dict())
-        return Plan(trial, candidate, target, proxy, record)
+        record.update(**self.evaluator.propose(trial))
+        return Plan(trial, record)
 
     def _route(self, plan: Plan) -> None:
         """ASKED: reuse a finished twin, wait for one in flight, or check the cheap budget and
@@ -306,11 +286,10 @@ class Driver:
             plan.twin_of = running
             self._move(plan, Stage.TWIN)
             return
-        plan.record.update(**jobs.cheap_metrics(plan.target))
+        plan.record.update(**self.evaluator.cheap(plan.record))
         if self._over_budget(plan):
             return
-        cached = jobs.cached_profile(plan.target, self.settings.latency_settings, self.settings.cache_path,
-                                     self.settings.reference)
+        cached = self.evaluator.cached_latency(plan.record)
         if cached is None:
             self._move(plan, Stage.CHECKED)
         else:
@@ -327,18 +306,8 @@ class Driver:
             self._release_twins(plan, None)
         return bool(over)
 
-    def _take_profile(self, plan: Plan, profile: dict[str, Any]) -> None:
-        plan.record.update(
-            params=profile["params"], macs=profile["macs"], latency_ms=profile["median_ms"],
-            latency_p90_ms=profile["p90_ms"], latency_iqr_ms=profile["iqr_ms"], latency_samples=profile["n_samples"],
-            peak_memory_bytes=profile.get("peak_memory_bytes"), profile_fingerprint=profile.get("fingerprint"),
-            profile_settings=profile.get("settings"), profile_node_id=profile.get("node_id"),
-            profile_host=profile.get("host"), latency_ci_low_ms=profile.get("ci_low_ms"),
-            latency_ci_high_ms=profile.get("ci_high_ms"), latency_ci_rel_half_width=profile.get("ci_rel_half_width"),
-            latency_rounds=profile.get("rounds"), latency_reference=profile.get("reference"),
-            latency_raw_median_ms=profile.get("raw_median_ms"), latency_window=profile.get("window"),
-            latency_contamination=profile.get("contamination") if profile.get("contaminated") else None,
-            load_foreign_cpu=profile.get("foreign_cpu"), load_steal=profile.get("steal"))
+    def _take_profile(self, plan: Plan, fields: dict[str, Any]) -> None:
+        plan.record.update(**fields)
         if not self._over_budget(plan):
             self._move(plan, Stage.PROFILED)
 
@@ -347,16 +316,14 @@ class Driver:
         self.check_stop()  # an inline job runs to its end here: a stop kept meanwhile must not wait for it
         to_train, to_profile = self.scheduler.next(self.plans)
         for plan in to_train:
-            plan.job = self.executor.submit(
-                jobs.train_candidate, plan.proxy.to_dict(), self.settings.data, None, self.settings.proxy_settings,
-                self.channel, plan.trial.number, name=f"train_trial_{plan.trial.number}",
-                num_cpus=self.settings.trial_cpus, num_gpus=self.settings.trial_gpus)
+            fn, args = self.evaluator.train(plan.record, None, self.channel, plan.trial.number)
+            plan.job = self.executor.submit(fn, *args, name=f"train_trial_{plan.trial.number}",
+                                            num_cpus=self.settings.trial_cpus, num_gpus=self.settings.trial_gpus)
             self._move(plan, Stage.TRAINING)
         if to_profile:
+            fn, args = self.evaluator.latency([p.record for p in to_profile])
             job = self.executor.submit_exclusive(
-                jobs.profile_window_job, [p.target.to_dict() for p in to_profile], self.settings.reference,
-                self.settings.latency_settings, self.settings.cache_path,
-                name=f"profile_trials_{'_'.join(str(p.trial.number) for p in to_profile)}")
+                fn, *args, name=f"profile_trials_{'_'.join(str(p.trial.number) for p in to_profile)}")
             for plan in to_profile:  # one job, one window: each takes its own result
                 plan.job = job
                 self._move(plan, Stage.PROFILING)
@@ -390,10 +357,9 @@ class Driver:
             self._status(f"{plan.label}: epoch {epoch}/{epochs}, acc {accuracy:.3f} so far")
         self.check_stop()  # inline, this runs inside the training: a stop kept by the status line ends it
 
-    def _profiled(self, plan: Plan, window: dict[str, dict[str, Any]]) -> None:
-        result = window[plan.record.arch_hash]
-        self.window_s[result["started_at"]] = result["finished_at"] - result["started_at"]  # once per window
-        self._take_profile(plan, result)
+    def _profiled(self, plan: Plan, window: dict[str, Any]) -> None:
+        self.window_s[window["started_at"]] = window["finished_at"] - window["started_at"]  # once per window
+        self._take_profile(plan, window["fields"][plan.record.arch_hash])
 
     @property
     def profiling_s(self) -> float:
@@ -401,14 +367,8 @@ class Driver:
         return sum(self.window_s.values())
 
     def _trained(self, plan: Plan, result: dict[str, Any]) -> None:
-        plan.record.update(
-            accuracy=result["val_accuracy"], val_curve=result["curve"], train_loss_curve=result["train_loss_curve"],
-            images_per_sec=result["images_per_sec"], proxy_wall_time_s=result["wall_time_s"],
-            epochs_done=result["epochs_done"], proxy_device=result["device"], proxy_seed=result.get("seed", self.settings.proxy_settings.get("seed")),
-            val_count=result.get("val_count"), val_correct=result.get("val_correct"),
-            train_started_at=result["started_at"], train_finished_at=result["finished_at"],
-            train_node_id=result.get("node_id"), train_host=result.get("host"))
-        if result["status"] != "ok":
+        plan.record.update(**result["fields"])
+        if not result["ok"]:
             self._fail(plan, f"proxy training failed: {result['failure_reason']}", retry=False)
             return
         plan.record.update(trained=True, status=TRAINED)

@@ -19,8 +19,8 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.measure import jobs
 from search.measure.estimate import replicate_seed
+from search.engine.evaluator import Evaluator
 from search.engine.executor import Executor, Job, JobFailed, WorkerLost
 from search.engine.record import TrialRecord
 from search.engine.replicates import LatencyHistory, Replicate, ReplicateStore
@@ -72,11 +72,11 @@ class Refiner:
     """Runs the extra replicates on the executor, `capacity` at a time."""
 
     def __init__(self, study: optuna.Study, executor: Executor, settings: RefineSettings, capacity: int,
-                 train_args: Callable[[FrozenTrial, int], tuple[Any, ...]], num_cpus: float, num_gpus: float,
+                 evaluator: Evaluator, num_cpus: float, num_gpus: float,
                  on_event: Callable[[str], None] = lambda event: None, check_stop: Callable[[], None] = lambda: None):
         """`check_stop` raises KeyboardInterrupt when a stop was asked for (`search.stopping`)."""
         self.study, self.executor, self.settings, self.capacity = study, executor, settings, capacity
-        self.train_args, self.num_cpus, self.num_gpus = train_args, num_cpus, num_gpus
+        self.evaluator, self.num_cpus, self.num_gpus = evaluator, num_cpus, num_gpus
         self.on_event, self.check_stop = on_event, check_stop
         self.store = ReplicateStore(study)
         self.running: dict[Job, tuple[Candidate, int]] = {}
@@ -111,9 +111,10 @@ class Refiner:
 
     def _start(self, candidate: Candidate) -> None:
         k = candidate.n + len([1 for c, _ in self.running.values() if c.arch_hash == candidate.arch_hash])
-        seed = replicate_seed(int(TrialRecord.load(candidate.trial).proxy_seed or 0), k)
-        job = self.executor.submit(jobs.train_candidate, *self.train_args(candidate.trial, seed),
-                                   name=f"replicate_{candidate.trial.number}_{k}", num_cpus=self.num_cpus,
+        record = TrialRecord.load(candidate.trial)
+        seed = replicate_seed(int(record.proxy_seed or 0), k)
+        fn, args = self.evaluator.train(record, seed)
+        job = self.executor.submit(fn, *args, name=f"replicate_{candidate.trial.number}_{k}", num_cpus=self.num_cpus,
                                    num_gpus=self.num_gpus)
         self.running[job] = (candidate, seed)
 
@@ -123,38 +124,15 @@ class Refiner:
         try:
             result = job.result()
         except (JobFailed, WorkerLost) as err:
-            result = {"status": "failed", "failure_reason": str(err)}
-        if result["status"] != "ok":
+            result = {"ok": False, "failure_reason": str(err)}
+        if not result["ok"]:
             self.failures += 1
             self.on_event(f"{label}: FAILED ({result['failure_reason']}); not counted")
             return 0
-        self.store.add(candidate.arch_hash, Replicate(seed, result["val_accuracy"], result["val_count"],
-                                                      result["wall_time_s"]))
+        fields = result["fields"]
+        self.store.add(candidate.arch_hash, Replicate(seed, fields["accuracy"], fields["val_count"],
+                                                      fields.get("proxy_wall_time_s")))
         estimate = self.store.estimate(candidate.trial)
-        self.on_event(f"{label}: acc {result['val_accuracy']:.3f}; estimate {estimate.mean:.3f} ± {estimate.se:.3f} "
+        self.on_event(f"{label}: acc {fields['accuracy']:.3f}; estimate {estimate.mean:.3f} ± {estimate.se:.3f} "
                       f"(n={estimate.n})")
         return 1
-
-
-def reprofile(study: optuna.Study, executor: Executor, trials: list[FrozenTrial], reference: dict[str, Any],
-              latency_settings: dict[str, Any], cache_path: str | None) -> int:
-    """Time `trials` (the front and the candidates in doubt) once more, together, in one
-    interleaved window, so the latencies the final front compares come from one window; each
-    result joins the architecture's `LatencyHistory`. Returns how many were re-timed."""
-    unique = {TrialRecord.load(t).arch_hash: t for t in trials}
-    if not unique:
-        return 0
-    targets = [TrialRecord.load(t).target_config for t in unique.values()]
-    job = executor.submit_exclusive(jobs.profile_window_job, targets, reference, latency_settings, cache_path, True,
-                                    name="reprofile_front")
-    while not executor.wait([job], timeout=1.0):
-        pass
-    window = job.result()
-    history = LatencyHistory(study)
-    for arch_hash, result in window.items():
-        history.add(arch_hash, {
-            "latency_ms": result["median_ms"], "latency_ci_low_ms": result.get("ci_low_ms"),
-            "latency_ci_high_ms": result.get("ci_high_ms"), "window": result.get("window"),
-            "contamination": result.get("contamination") if result.get("contaminated") else None,
-            "at": result.get("finished_at")})
-    return len(window)

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 from ascan.config import C_BLOCKS, NUM_STAGES, STAGE_PATTERN, T_BLOCKS
 
 from search.space import safe_yaml
+from search.space.budget import Budget
 
 FAMILIES = ("symmetric", "asymmetric")
 DEFAULT_WIDTHS = (64, 128, 256, 512)
@@ -109,23 +110,6 @@ class ProxySettings:
     head_dim: int = 16
     drop_path_rate: float = 0.0
     CHOICES: ClassVar[dict] = {"stem_stride": (1, 2)}
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Optional ceilings on the target network (None: no ceiling); a trial above any of
-    them is infeasible and not trained."""
-
-    max_latency_ms: float | None = None
-    max_macs: float | None = None
-    max_params: float | None = None
-
-    def keys(self) -> list[str]:
-        return [k for k in ("latency_ms", "macs", "params") if getattr(self, f"max_{k}") is not None]
-
-    def violations(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Relative excess per ceiling (> 0 means over budget) for the metrics known so far."""
-        return {key: metrics[key] / getattr(self, f"max_{key}") - 1.0 for key in self.keys() if key in metrics}
 
 
 @dataclass(frozen=True)
