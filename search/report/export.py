@@ -32,7 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ascan import ArchConfig, zoo
 
 from search.engine.record import TrialRecord
-from search.engine.replicates import ReplicateStore
+from search.engine.replicates import LatencyHistory, ReplicateStore
 from search.report.tables import StudyFolderError, is_feasible, objective_names, open_study_dir
 
 MAX_NAME_CHARS = 100  # with its suffixes, a file name must stay under the usual 255-byte limit
@@ -130,7 +130,7 @@ def finished_trial(study: optuna.Study, trials: list[FrozenTrial], number: int, 
 
 def zoo_record(study: optuna.Study, trial: FrozenTrial, name: str, study_dir: Path) -> dict[str, Any]:
     """What the zoo file holds: the exact target config and where it came from."""
-    record = TrialRecord.load(trial)
+    record = LatencyHistory(study).preferred(TrialRecord.load(trial))  # the latency the report shows
     config = ArchConfig.from_dict(record.target_config)
     if record.arch_hash not in ("", config.arch_hash):
         raise ExportError(f"--trial {trial.number}: recorded hash {record.arch_hash} does not match its config "
@@ -144,6 +144,7 @@ def zoo_record(study: optuna.Study, trial: FrozenTrial, name: str, study_dir: Pa
         "space": study.user_attrs.get("space"), "objectives": objective_names(study),
         "layout": record.layout or config.layout, "family": record.family or None, "arch_hash": config.arch_hash,
         "feasible": is_feasible(trial), "metrics": metrics, "proxy_config": record.proxy_config,
+        "latency_contamination": record.latency_contamination,  # set when no clean measurement exists
         "device": record.profile_fingerprint, "profile_settings": record.profile_settings,
         "reused_from": record.reused_from,
         "trial_finished": trial.datetime_complete.isoformat() if trial.datetime_complete else None,

@@ -111,12 +111,9 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row = {"number": trial.number, "state": trial.state.name,
                "feasible": is_feasible(trial) if trial.state == TrialState.COMPLETE else None}
         record = TrialRecord.load(trial)
-        row.update(vars(record))
-        if remeasured := history.history(record.arch_hash):  # re-timed with the front: the latest counts
-            latest = remeasured[-1]
-            row.update(latency_first_ms=record.latency_ms, latency_ms=latest["latency_ms"],
-                       latency_ci_low_ms=latest["latency_ci_low_ms"], latency_ci_high_ms=latest["latency_ci_high_ms"],
-                       latency_contamination=latest["contamination"], reprofiled=len(remeasured))
+        row.update(vars(history.preferred(record)))  # re-timed with the front: `LatencyHistory`'s rule picks
+        if remeasured := history.history(record.arch_hash):
+            row.update(latency_first_ms=record.latency_ms, reprofiled=len(remeasured))
         row.update({f"constraint_{k}": v for k, v in named_constraints(trial).items()})
         row.update({f"param_{k}": v for k, v in trial.params.items()})
         row["datetime_start"] = trial.datetime_start
@@ -153,7 +150,7 @@ def write_trials_csv(study: optuna.Study, path: Path) -> Path:
 
 def _values(trial: FrozenTrial, names: list[str], accuracy: float | None, latency: float | None) -> list[float]:
     """The trial's objective values as minimised numbers, with the refined accuracy and the
-    latest latency (re-profiled with the front, `search.refine.reprofile`)."""
+    preferred latency (`LatencyHistory.preferred`)."""
     values = list(trial.values)
     if accuracy is not None:
         values[names.index("accuracy")] = accuracy
@@ -171,9 +168,8 @@ def front_trials(study: optuna.Study) -> list[FrozenTrial]:
         record = TrialRecord.load(trial)
         if not record.trained or not is_feasible(trial) or record.arch_hash in pool:
             continue
-        estimate, latest = store.estimate(trial), history.latest(record.arch_hash)
-        pool[record.arch_hash] = (trial, _values(trial, names, estimate.mean if estimate else None,
-                                                 latest["latency_ms"] if latest else None))
+        estimate, latency = store.estimate(trial), history.preferred(record).latency_ms
+        pool[record.arch_hash] = (trial, _values(trial, names, estimate.mean if estimate else None, latency))
     points = list(pool.values())
 
     def dominated(v: list[float]) -> bool:
