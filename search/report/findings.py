@@ -55,6 +55,7 @@ from scipy import stats
 
 from search.report.dashboard import FAMILY_COLOURS, OTHER_COLOUR, PLOT_CONFIG, reference_for
 from search.engine.record import TrialRecord
+from search.report.files import write_atomically
 from search.engine.replicates import LatencyHistory, ReplicateStore
 from search.report.tables import (HV_LATENCY_MULTIPLE, StudyFolderError, compute_hypervolume, front_trials, is_feasible,
                      open_study_dir)
@@ -779,17 +780,10 @@ def render_html(report: Report) -> str:
                        rendered=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 
-def _write(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
-
-
 def write_findings(report: Report, out: Path) -> tuple[Path, Path]:
     """Write findings.md and findings.html into `out` (each atomically)."""
-    return _write(Path(out) / "findings.md", render_markdown(report)), _write(Path(out) / "findings.html",
-                                                                               render_html(report))
+    return (write_atomically(Path(out) / "findings.md", render_markdown(report)),
+            write_atomically(Path(out) / "findings.html", render_html(report)))
 
 
 def _positive(text: str) -> float:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from search.engine.objectives import OBJECTIVES
+from search.report.files import write_atomically
 from search.engine.record import TrialRecord, record_fields
 from search.engine.replicates import LatencyHistory, ReplicateStore
 from search.space.space import PAPER_C1
@@ -141,11 +140,7 @@ def write_trials_csv(study: optuna.Study, path: Path) -> Path:
     path = Path(path)
     frame = trials_frame(study)
     frame = frame.apply(lambda column: column.map(_csv_cell)) if not frame.empty else frame
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as out:
-        frame.to_csv(out, index=False)
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, frame.to_csv(index=False))
 
 
 def _values(trial: FrozenTrial, names: list[str], accuracy: float | None, latency: float | None) -> list[float]:
