@@ -232,6 +232,38 @@ DATA_CASES = [
 ]
 
 
+def image_folder(tmp: Path, train: dict[str, int], test: dict[str, int] | None = None,
+                 broken: str | None = None) -> Path:
+    """`tmp/images/train/<class>/<i>.png` (and `test/` when given) of small real PNGs;
+    `broken`: a class whose last image is cut to half its bytes."""
+    from PIL import Image
+
+    root = tmp / "images"
+    rng = np.random.default_rng(0)
+    for split, classes in {"train": train, "test": test or {}}.items():
+        for cls, n in classes.items():
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
+    if broken is not None:
+        png = root / "train" / broken / f"{train[broken] - 1}.png"
+        png.write_bytes(png.read_bytes()[: png.stat().st_size // 2])
+    return root
+
+
+IMAGE_FOLDER_CASES = [
+    ("corrupt-png", lambda t: image_folder(t, {"cat": 3, "dog": 3}, broken="dog"),
+     "train/dog/2.png: not a readable image ("),
+    ("not-an-image", lambda t: [image_folder(t, {"cat": 3, "dog": 3}),
+                                (t / "images" / "train" / "cat" / "9.jpg").write_bytes(b"not a jpeg")][0],
+     "train/cat/9.jpg: not a readable image ("),
+    ("one-class", lambda t: image_folder(t, {"cat": 5}), "one class sub-folder ('cat'); a search needs at least 2"),
+    ("one-image-in-a-class", lambda t: image_folder(t, {"cat": 3, "dog": 1}), "train/dog: 1 images, need at least 2"),
+    ("test-split-lacks-a-class", lambda t: image_folder(t, {"cat": 3, "dog": 3}, test={"cat": 2}),
+     "test/dog: 0 images, need at least 2"),
+]
+
+
 def _dangling(tmp: Path) -> Path:
     link = tmp / "gone"
     link.symlink_to(tmp / "nowhere")
@@ -307,6 +339,14 @@ def test_bad_data(tmp_path, capsys, make, expected, monkeypatch):
     assert not Path("/tmp/ascan-pwned").exists()
 
 
+@pytest.mark.parametrize("make,expected", [c[1:] for c in IMAGE_FOLDER_CASES], ids=[c[0] for c in IMAGE_FOLDER_CASES])
+def test_bad_image_folder(tmp_path, capsys, make, expected):
+    """Every image is decoded when the folder is opened: a broken one is named with its path,
+    never a PIL traceback mid-search; a folder that cannot make a meaningful search is refused."""
+    root = make(tmp_path)
+    assert_one_line_exit_2(tmp_path, ["data.name=imagefolder", f"data.root={root}"], expected, capsys)
+
+
 def test_cuda_device_refused_when_absent(tmp_path, capsys):
     import torch
     if torch.cuda.is_available():
@@ -321,6 +361,9 @@ SUBPROCESS_CASES = [
     ("study-name-escape", lambda t: ["search.study_name=../../escape_study"], "search.study_name="),
     ("alias-bomb", lambda t: [f"space={spec_file(t, ALIAS_BOMB)}"], "are not allowed"),
     ("npz-garbage", lambda t: [f"data.root={raw_npz(t, os.urandom(4096))}"], "data.npz"),
+    ("corrupt-png", lambda t: ["data.name=imagefolder",
+                               f"data.root={image_folder(t, {'cat': 3, 'dog': 3}, broken='cat')}"],
+     "train/cat/2.png: not a readable image"),
     pytest.param("nested-20000", lambda t: [f"space={spec_file(t, 'stages: ' + '[' * 20_000)}"], "nested deeper",
                  marks=slow),
     pytest.param("depth-1000000", lambda t: [f"space={spec_file(t, stage_with(1, depth=1_000_000))}"],

@@ -373,23 +373,38 @@ def _read_image_folder(root: Path, img_size: int) -> tuple[tuple[np.ndarray, ...
     class_names = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     if not class_names:
         raise DataError(f"{train_dir}: no class sub-folders found")
+    if len(class_names) < 2:  # one class: every network scores 1.000, a meaningless search
+        raise DataError(f"{train_dir}: one class sub-folder ({class_names[0]!r}); a search needs at least 2 classes")
+
+    def decode(file: Path) -> np.ndarray:
+        """Every image is decoded here, when the folder is opened: a broken one is named now,
+        not met as a PIL traceback in the middle of a training."""
+        try:
+            with Image.open(file) as img:
+                rgb = img.convert("RGB").resize((img_size, img_size), Image.Resampling.BILINEAR)
+        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
+            raise DataError(f"{file}: not a readable image ({_first_line(err)})") from None
+        return np.asarray(rgb).transpose(2, 0, 1)
+
+    def listed(folder: Path) -> list[Path]:
+        return sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
 
     def read(directory: Path | None) -> tuple[np.ndarray, np.ndarray]:
+        files = {cls: listed(directory / cls) for cls in class_names} if directory is not None else {}
+        if directory is train_dir and not any(files.values()):
+            raise DataError(f"{train_dir}: no images with suffix {', '.join(sorted(IMAGE_SUFFIXES))}")
+        if any(files.values()):  # the test split may be absent, but not lack a class
+            cls, few = min(files.items(), key=lambda item: len(item[1]))
+            if len(few) < MIN_PER_CLASS:
+                raise DataError(f"{directory / cls}: {len(few)} images, need at least {MIN_PER_CLASS} per class")
         images, labels = [], []
         for label, cls in enumerate(class_names):
-            folder = directory / cls if directory is not None else None
-            files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) if folder and folder.is_dir() else []
-            for file in files:
-                with Image.open(file) as img:
-                    rgb = img.convert("RGB").resize((img_size, img_size), Image.Resampling.BILINEAR)
-                images.append(np.asarray(rgb).transpose(2, 0, 1))
-                labels.append(label)
+            images += [decode(file) for file in files.get(cls, [])]
+            labels += [label] * len(files.get(cls, []))
         shape = (len(images), 3, img_size, img_size)
         return (np.stack(images) if images else np.zeros(shape, np.uint8)), np.asarray(labels, np.int64)
 
     x_train, y_train = read(train_dir)
-    if len(x_train) == 0:
-        raise DataError(f"{train_dir}: no images with suffix {', '.join(sorted(IMAGE_SUFFIXES))}")
     return (x_train, y_train, *read(test_dir)), class_names
 
 
