@@ -226,7 +226,7 @@ def small_disk(tmp_path: Path):
 @pytest.mark.slow
 def test_a_full_disk_is_one_line_exit_1_and_the_rerun_resumes(tiny_space: Path, small_disk):
     results, make_room = small_disk
-    args = [f"space={tiny_space}", "executor=inline", "search.n_trials=3", *TINY]
+    args = [f"space={tiny_space}", "executor=inline", "search.n_trials=2", *TINY]
     proc = cli(*args, results=results, check=False, timeout=900)
     assert proc.returncode == 1, proc.stderr[-3000:]
     lines = proc.stderr.strip().splitlines()
@@ -236,7 +236,7 @@ def test_a_full_disk_is_one_line_exit_1_and_the_rerun_resumes(tiny_space: Path, 
     _no_running(load(results, "tiny"))
     assert not _leftovers(results)
     make_room()
-    _check_resumes(args, results, 3)
+    _check_resumes(args, results, 2)
 
 
 @pytest.mark.slow
@@ -262,16 +262,16 @@ def test_a_corrupt_study_db_is_one_line_and_left_as_it_was(study_dir: Path, tmp_
 @pytest.mark.slow
 def test_sighup_stops_like_ctrl_c_and_the_rerun_resumes(tiny_space: Path, tmp_path: Path):
     """A dropped ssh session sends SIGHUP: the run stops as Ctrl-C does (exit 130), not silently."""
-    args = [f"space={tiny_space}", "executor=inline", "search.n_trials=3", *TINY]
+    args = [f"space={tiny_space}", "executor=inline", "search.n_trials=2", *TINY]
     proc = _start(args, tmp_path)
-    _wait_for(proc, "[  1/3]")
+    _wait_for(proc, "[  1/2]")
     proc.send_signal(signal.SIGHUP)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted:")
     _no_running(load(tmp_path, "tiny"))
     assert not _leftovers(tmp_path)
-    _check_resumes(args, tmp_path, 3)
+    _check_resumes(args, tmp_path, 2)
 
 
 @pytest.mark.slow
@@ -297,14 +297,14 @@ def test_a_closed_stdout_does_not_stop_the_search(tiny_space: Path, tmp_path: Pa
 def test_a_closed_stderr_still_stops_with_130_and_the_rerun_resumes(tiny_space: Path, tmp_path: Path):
     """stderr's reader gone, then SIGTERM: the interrupt's lines go nowhere, but the run still
     stops as Ctrl-C does (exit 130, nothing RUNNING) instead of dying of a BrokenPipeError."""
-    args = [f"space={tiny_space}", "executor=inline", "search.n_trials=3", *TINY]
+    args = [f"space={tiny_space}", "executor=inline", "search.n_trials=2", *TINY]
     proc = _start(args, tmp_path)
     proc.stderr.close()
     proc.stderr = None  # nobody reads it any more
-    _wait_for(proc, "[  1/3]")
+    _wait_for(proc, "[  1/2]")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 130, out[-2000:]
     _no_running(load(tmp_path, "tiny"))
     assert not _leftovers(tmp_path)
-    _check_resumes(args, tmp_path, 3)
+    _check_resumes(args, tmp_path, 2)
