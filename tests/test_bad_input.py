@@ -176,7 +176,9 @@ SETTINGS_CASES = [
     ("storage-sqlite-too-long", lambda t: [f"search.storage=sqlite:///{t}/{'s' * 300}/x.db"], "search.storage="),
     ("space-name-too-long", lambda t: ["space=" + "x" * 5000], "File name too long"),
     ("space-path-too-long", lambda t: [f"space={t}/{'x' * 5000}.yaml"], "File name too long"),
-    ("space-is-a-folder", lambda t: [f"space={t}/"], "no such file"),
+    ("space-is-a-folder", lambda t: [f"space={t}/"], "not a regular file"),
+    ("space-is-dev-zero", lambda t: ["space=/dev/zero"], "/dev/zero: not a regular file"),
+    ("space-is-a-fifo", lambda t: [os.mkfifo(t / "fifo.yaml"), f"space={t}/fifo.yaml"][1:], "fifo.yaml: not a regular file"),
     ("value-with-alias", lambda t: ["search.objectives=[&a accuracy, *a]"], "search.objectives"),
 ]
 
@@ -222,6 +224,8 @@ DATA_CASES = [
     # our own
     ("npz-missing-array", lambda t: _npz_without(t, "y_test"), "missing arrays"),
     ("images-float", lambda t: npz(t, x_train=np.zeros((30, 8, 8, 3), np.float32)), "x_train"),
+    ("images-shape-as-in-the-file", lambda t: npz(t, x_train=np.zeros((30, 8, 9, 3), np.float32)),
+     "expected uint8 images N x H x W x C with 1 or 3 channels, got float32 (30, 8, 9, 3)"),
     ("one-image-per-class", lambda t: npz(t, x_train=good_arrays()["x_train"][:10],
                                           y_train=np.arange(10)), "y_train: class"),
     ("test-labels-negative", lambda t: npz(t, y_test=-np.arange(10)), "y_test"),
@@ -345,6 +349,20 @@ def test_bad_image_folder(tmp_path, capsys, make, expected):
     never a PIL traceback mid-search; a folder that cannot make a meaningful search is refused."""
     root = make(tmp_path)
     assert_one_line_exit_2(tmp_path, ["data.name=imagefolder", f"data.root={root}"], expected, capsys)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_space_in_ascan_spaces_that_is_not_a_regular_file_is_named(tmp_path, capsys, monkeypatch, kind):
+    """A FIFO (reading would block) or a link to /dev/zero (reading would never end) in a
+    folder of $ASCAN_SPACES: named with its own path as not a regular file, never "no space
+    named 'fifo' (did you mean 'fifo'?)"."""
+    folder = tmp_path / "spaces"
+    folder.mkdir()
+    bad = folder / f"{kind}.yaml"
+    os.mkfifo(bad) if kind == "fifo" else bad.symlink_to("/dev/zero")
+    monkeypatch.setenv("ASCAN_SPACES", str(folder))
+    err = assert_one_line_exit_2(tmp_path, [f"space={kind}"], f"{bad}: not a regular file", capsys)
+    assert "did you mean" not in err
 
 
 def test_cuda_device_refused_when_absent(tmp_path, capsys):

@@ -240,19 +240,20 @@ def test_a_full_disk_is_one_line_exit_1_and_the_rerun_resumes(tiny_space: Path, 
 
 
 @pytest.mark.slow
-def test_a_corrupt_study_db_is_one_line_and_left_as_it_was(study_dir: Path, tmp_path: Path):
+def test_a_corrupt_study_db_is_one_line_and_left_as_it_was(tiny_space: Path, tmp_path: Path):
     """A study.db cut to half its size (a full disk, a bad copy): one line naming the file,
     exit 2, and the file untouched (it is the user's to restore)."""
-    import shutil
-
-    folder = tmp_path / study_dir.name
-    shutil.copytree(study_dir, folder)
+    folder = tmp_path / "results" / "tiny-cifar10-smoke-s0"
+    folder.mkdir(parents=True)
     db = folder / "study.db"
+    study = optuna.create_study(study_name=folder.name, storage=f"sqlite:///{db}", directions=["maximize", "minimize"])
+    for i in range(20):  # enough pages that half the file is a broken database, not an empty one
+        study.add_trial(optuna.trial.create_trial(values=[0.5, 10.0 + i], user_attrs={"layout": "C" * 200}))
+    optuna.storages.RDBStorage(f"sqlite:///{db}").engine.dispose()
     db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
     before = db.read_bytes()
-    proc = cli(f"space={study_dir.parent.parent / 'tiny.yaml'}", "executor=inline", "search.n_trials=5",
-               "search.sampler=random", "search.seed=0", *FAST, "proxy.epochs=1", "proxy.train_size=128",
-               "proxy.val_size=100", results=tmp_path, check=False, timeout=300)
+    proc = cli(f"space={tiny_space}", "executor=inline", "search.n_trials=2", *TINY, results=tmp_path / "results",
+               check=False, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{db}: not a readable Optuna storage (" in lines[0], proc.stderr[-3000:]

@@ -37,6 +37,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -167,15 +168,18 @@ def load_dataset(name: str = "cifar10", root: str | Path | None = None, img_size
 
 @functools.lru_cache(maxsize=2)
 def _load_cached(name: str, path: Path, img_size: int | None) -> ImageDataset:
-    if name == "cifar10":
-        arrays = _read_cifar_npz(path) if path.is_file() else _read_cifar_batches(path)
-        class_names = CIFAR10_CLASSES
+    as_stored: dict = {}  # how the file lays out its images, for messages (we hold N x C x H x W)
+    if name == "cifar10" and path.is_file():
+        arrays, class_names = _read_cifar_npz(path), CIFAR10_CLASSES
+        as_stored = {"stored": lambda s: (s[0], *s[2:], s[1]), "layout": "N x H x W x C"}
+    elif name == "cifar10":
+        arrays, class_names = _read_cifar_batches(path), CIFAR10_CLASSES
     elif name == "fashion_mnist":
         arrays = _read_fashion_mnist(path)
         class_names = FASHION_CLASSES
     else:
         arrays, class_names = _read_image_folder(path, img_size or 32)
-    check_arrays(path, arrays, len(class_names))
+    check_arrays(path, arrays, len(class_names), **as_stored)
     x_train, y_train, x_test, y_test = (torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
     if img_size is not None:
         x_train, x_test = resize_images(x_train, img_size), resize_images(x_test, img_size)
@@ -185,15 +189,21 @@ def _load_cached(name: str, path: Path, img_size: int | None) -> ImageDataset:
 ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
 
 
-def check_arrays(source: Path, arrays: tuple[np.ndarray, ...], num_classes: int) -> None:
+def check_arrays(source: Path, arrays: tuple[np.ndarray, ...], num_classes: int,
+                 stored: Callable[[tuple[int, ...]], tuple[int, ...]] = tuple, layout: str = "N x C x H x W") -> None:
     """Raise a one-line `DataError` naming `source` and the array unless (x_train, y_train,
-    x_test, y_test) form a usable dataset: see the module docstring. The test split may be empty."""
+    x_test, y_test) form a usable dataset: see the module docstring. The test split may be empty.
+    `stored` maps an image array's shape (N, C, H, W) back to the file's own layout, `layout`
+    names that layout: a message shows the shape as the user finds it in the file."""
     def fail(name: str, problem: str) -> DataError:
         return DataError(f"{source}: {name}: {problem}")
 
+    if num_classes < 2:  # one class: every network scores 1.000, a meaningless search
+        raise fail("y_train", f"{num_classes} class; a search needs at least 2")
     for x_name, y_name, x, y in (("x_train", "y_train", *arrays[:2]), ("x_test", "y_test", *arrays[2:])):
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1] not in (1, 3):
-            raise fail(x_name, f"expected uint8 images N x C x H x W with 1 or 3 channels, got {x.dtype} {x.shape}")
+            shape = stored(x.shape) if x.ndim == 4 else x.shape
+            raise fail(x_name, f"expected uint8 images {layout} with 1 or 3 channels, got {x.dtype} {shape}")
         if len(x) and min(x.shape[2:]) < MIN_IMAGE_SIZE:
             raise fail(x_name, f"images of {x.shape[2]} x {x.shape[3]} px are below {MIN_IMAGE_SIZE} x {MIN_IMAGE_SIZE}")
         if y.dtype.kind not in "iu" or y.ndim != 1:

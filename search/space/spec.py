@@ -208,6 +208,14 @@ def _is_file(path: Path) -> bool:
         return False
 
 
+def _exists(path: Path) -> bool:
+    """Whether anything is there (a file, a FIFO, a device, a link to one), never opening it."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
 def locate_spec(name_or_path: str | Path, spaces_dirs: Sequence[Path]) -> Path:
     """`hybrid` -> the first `<dir>/hybrid.yaml` of `spaces_dirs`; a path (with / or .yaml) is taken as given."""
     name = str(name_or_path)
@@ -216,13 +224,15 @@ def locate_spec(name_or_path: str | Path, spaces_dirs: Sequence[Path]) -> Path:
         path = Path(name)
     else:
         candidates = [d / f"{name}.yaml" for d in spaces_dirs]
-        path = next((p for p in candidates if _is_file(p)), candidates[-1])
+        path = next((p for p in candidates if _exists(p)), candidates[-1])
     try:
-        found = path.is_file()
+        exists, found = path.exists(), path.is_file()
     except OSError as err:  # e.g. a name longer than the file system allows
         raise SpecError(display_path(path), None, f"cannot open: {err.strerror or err}") from None
+    if exists and not found:  # a FIFO would block, /dev/zero never end: name it, not "no such file"
+        raise SpecError(display_path(path), None, "not a regular file (a spec is a YAML file)")
     if not found:
-        available = sorted({p.stem for d in spaces_dirs for p in d.glob("*.yaml")})
+        available = sorted({p.stem for d in spaces_dirs for p in d.glob("*.yaml") if _is_file(p)})
         problem = "no such file" if is_path else f"no space named {_clip(repr(name))}{_hint(name, available)}"
         raise SpecError(display_path(path), None, f"{problem}; available spaces: {', '.join(available) or 'none'}")
     return path
