@@ -28,6 +28,9 @@ EXIT_INTERRUPTED = 130
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from search.app.settings import SettingsError, help_text, parse_sweep, validate
+    from search.app.streams import outlive_closed_output
+
+    outlive_closed_output()  # `| head -1` or a dropped terminal: the search goes on
 
     if not argv or argv[0] in ("help", "-h", "--help"):
         print(help_text())
@@ -56,7 +59,7 @@ def _bad_input(err: BaseException) -> int:
 
 
 def _run(settings) -> int:
-    from search.app.campaign import BadInput, Campaign
+    from search.app.campaign import BadInput, Campaign, DiskFull
     from search.engine.executor import ClusterError
 
     try:
@@ -70,6 +73,7 @@ def _run(settings) -> int:
     started = time.monotonic()
     try:
         campaign.run()
+        summary = campaign.finish(interrupted=False)
     except BadInput as err:
         return _bad_input(err)
     except KeyboardInterrupt:
@@ -79,7 +83,10 @@ def _run(settings) -> int:
         campaign.finish(interrupted=True)
         campaign.report_stop(str(err))
         return EXIT_INCOMPLETE
-    print(campaign.finish(interrupted=False))
+    except DiskFull as err:  # the trials in flight were queued again; reports may be stale
+        campaign.report_stop(str(err))
+        return EXIT_INCOMPLETE
+    print(summary)
     print(f"done in {time.monotonic() - started:.0f} s")
     if campaign.shortfall():
         print(f"error: {campaign.shortfall()}", file=sys.stderr)

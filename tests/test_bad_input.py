@@ -176,7 +176,9 @@ SETTINGS_CASES = [
     ("storage-sqlite-too-long", lambda t: [f"search.storage=sqlite:///{t}/{'s' * 300}/x.db"], "search.storage="),
     ("space-name-too-long", lambda t: ["space=" + "x" * 5000], "File name too long"),
     ("space-path-too-long", lambda t: [f"space={t}/{'x' * 5000}.yaml"], "File name too long"),
-    ("space-is-a-folder", lambda t: [f"space={t}/"], "no such file"),
+    ("space-is-a-folder", lambda t: [f"space={t}/"], "not a regular file"),
+    ("space-is-dev-zero", lambda t: ["space=/dev/zero"], "/dev/zero: not a regular file"),
+    ("space-is-a-fifo", lambda t: [os.mkfifo(t / "fifo.yaml"), f"space={t}/fifo.yaml"][1:], "fifo.yaml: not a regular file"),
     ("value-with-alias", lambda t: ["search.objectives=[&a accuracy, *a]"], "search.objectives"),
 ]
 
@@ -222,6 +224,8 @@ DATA_CASES = [
     # our own
     ("npz-missing-array", lambda t: _npz_without(t, "y_test"), "missing arrays"),
     ("images-float", lambda t: npz(t, x_train=np.zeros((30, 8, 8, 3), np.float32)), "x_train"),
+    ("images-shape-as-in-the-file", lambda t: npz(t, x_train=np.zeros((30, 8, 9, 3), np.float32)),
+     "expected uint8 images N x H x W x C with 1 or 3 channels, got float32 (30, 8, 9, 3)"),
     ("one-image-per-class", lambda t: npz(t, x_train=good_arrays()["x_train"][:10],
                                           y_train=np.arange(10)), "y_train: class"),
     ("test-labels-negative", lambda t: npz(t, y_test=-np.arange(10)), "y_test"),
@@ -229,6 +233,38 @@ DATA_CASES = [
     ("batch-runs-code", lambda t: _evil_batches(t), "data_batch_1"),
     ("data-root-missing", lambda t: str(t / "nothing.npz"), "not found"),
     ("data-root-too-long", lambda t: str(t / ("d" * 300 + ".npz")), "not found"),
+]
+
+
+def image_folder(tmp: Path, train: dict[str, int], test: dict[str, int] | None = None,
+                 broken: str | None = None) -> Path:
+    """`tmp/images/train/<class>/<i>.png` (and `test/` when given) of small real PNGs;
+    `broken`: a class whose last image is cut to half its bytes."""
+    from PIL import Image
+
+    root = tmp / "images"
+    rng = np.random.default_rng(0)
+    for split, classes in {"train": train, "test": test or {}}.items():
+        for cls, n in classes.items():
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
+    if broken is not None:
+        png = root / "train" / broken / f"{train[broken] - 1}.png"
+        png.write_bytes(png.read_bytes()[: png.stat().st_size // 2])
+    return root
+
+
+IMAGE_FOLDER_CASES = [
+    ("corrupt-png", lambda t: image_folder(t, {"cat": 3, "dog": 3}, broken="dog"),
+     "train/dog/2.png: not a readable image ("),
+    ("not-an-image", lambda t: [image_folder(t, {"cat": 3, "dog": 3}),
+                                (t / "images" / "train" / "cat" / "9.jpg").write_bytes(b"not a jpeg")][0],
+     "train/cat/9.jpg: not a readable image ("),
+    ("one-class", lambda t: image_folder(t, {"cat": 5}), "one class sub-folder ('cat'); a search needs at least 2"),
+    ("one-image-in-a-class", lambda t: image_folder(t, {"cat": 3, "dog": 1}), "train/dog: 1 images, need at least 2"),
+    ("test-split-lacks-a-class", lambda t: image_folder(t, {"cat": 3, "dog": 3}, test={"cat": 2}),
+     "test/dog: 0 images, need at least 2"),
 ]
 
 
@@ -307,6 +343,28 @@ def test_bad_data(tmp_path, capsys, make, expected, monkeypatch):
     assert not Path("/tmp/ascan-pwned").exists()
 
 
+@pytest.mark.parametrize("make,expected", [c[1:] for c in IMAGE_FOLDER_CASES], ids=[c[0] for c in IMAGE_FOLDER_CASES])
+def test_bad_image_folder(tmp_path, capsys, make, expected):
+    """Every image is decoded when the folder is opened: a broken one is named with its path,
+    never a PIL traceback mid-search; a folder that cannot make a meaningful search is refused."""
+    root = make(tmp_path)
+    assert_one_line_exit_2(tmp_path, ["data.name=imagefolder", f"data.root={root}"], expected, capsys)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_space_in_ascan_spaces_that_is_not_a_regular_file_is_named(tmp_path, capsys, monkeypatch, kind):
+    """A FIFO (reading would block) or a link to /dev/zero (reading would never end) in a
+    folder of $ASCAN_SPACES: named with its own path as not a regular file, never "no space
+    named 'fifo' (did you mean 'fifo'?)"."""
+    folder = tmp_path / "spaces"
+    folder.mkdir()
+    bad = folder / f"{kind}.yaml"
+    os.mkfifo(bad) if kind == "fifo" else bad.symlink_to("/dev/zero")
+    monkeypatch.setenv("ASCAN_SPACES", str(folder))
+    err = assert_one_line_exit_2(tmp_path, [f"space={kind}"], f"{bad}: not a regular file", capsys)
+    assert "did you mean" not in err
+
+
 def test_cuda_device_refused_when_absent(tmp_path, capsys):
     import torch
     if torch.cuda.is_available():
@@ -321,6 +379,9 @@ SUBPROCESS_CASES = [
     ("study-name-escape", lambda t: ["search.study_name=../../escape_study"], "search.study_name="),
     ("alias-bomb", lambda t: [f"space={spec_file(t, ALIAS_BOMB)}"], "are not allowed"),
     ("npz-garbage", lambda t: [f"data.root={raw_npz(t, os.urandom(4096))}"], "data.npz"),
+    ("corrupt-png", lambda t: ["data.name=imagefolder",
+                               f"data.root={image_folder(t, {'cat': 3, 'dog': 3}, broken='cat')}"],
+     "train/cat/2.png: not a readable image"),
     pytest.param("nested-20000", lambda t: [f"space={spec_file(t, 'stages: ' + '[' * 20_000)}"], "nested deeper",
                  marks=slow),
     pytest.param("depth-1000000", lambda t: [f"space={spec_file(t, stage_with(1, depth=1_000_000))}"],

@@ -189,3 +189,123 @@ def test_a_rerun_that_would_mix_incomparable_trials_is_refused(study_dir: Path, 
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert (study_dir / "config.yaml").read_text() == config
     assert len(optuna.load_study(study_name=study_dir.name, storage=f"sqlite:///{study_dir / 'study.db'}").trials) == trials
+
+
+# ---------------------------------------------------------------------- every exit path is ours
+def _leftovers(results: Path) -> list[Path]:
+    """Temporary files a run must never leave behind (a half-written page keeps a disk full)."""
+    return [p for p in results.rglob("*") if p.name.endswith(".tmp")]
+
+
+def _check_resumes(args: list[str], results: Path, n: int) -> None:
+    """The same command again finishes the study: exactly `n` trials, none lost or run twice."""
+    done = cli(*args, results=results, timeout=900)
+    assert "Traceback" not in done.stderr
+    study = load(results, "tiny")
+    assert len(complete(study)) == n
+    assert len({t.user_attrs["arch_hash"] for t in complete(study) if t.user_attrs.get("status") == "trained"}) == \
+        sum(t.user_attrs.get("status") == "trained" for t in complete(study))  # no architecture trained twice
+    _no_running(study)
+    assert not _leftovers(results)
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path):
+    """A real 3 MB file system (tmpfs; needs root): room for a study, not for its dashboard
+    (the page embeds plotly.js, about 4.6 MB). Yields a function that makes it roomy again."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        yield mount, lambda: subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_exit_1_and_the_rerun_resumes(tiny_space: Path, small_disk):
+    results, make_room = small_disk
+    args = [f"space={tiny_space}", "executor=inline", "search.n_trials=2", *TINY]
+    proc = cli(*args, results=results, check=False, timeout=900)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: disk full writing ") and "dashboard.html" in lines[0], \
+        proc.stderr[-3000:]
+    assert "re-run the same command" in lines[0]
+    _no_running(load(results, "tiny"))
+    assert not _leftovers(results)
+    make_room()
+    _check_resumes(args, results, 2)
+
+
+@pytest.mark.slow
+def test_a_corrupt_study_db_is_one_line_and_left_as_it_was(tiny_space: Path, tmp_path: Path):
+    """A study.db cut to half its size (a full disk, a bad copy): one line naming the file,
+    exit 2, and the file untouched (it is the user's to restore)."""
+    folder = tmp_path / "results" / "tiny-cifar10-smoke-s0"
+    folder.mkdir(parents=True)
+    db = folder / "study.db"
+    study = optuna.create_study(study_name=folder.name, storage=f"sqlite:///{db}", directions=["maximize", "minimize"])
+    for i in range(20):  # enough pages that half the file is a broken database, not an empty one
+        study.add_trial(optuna.trial.create_trial(values=[0.5, 10.0 + i], user_attrs={"layout": "C" * 200}))
+    optuna.storages.RDBStorage(f"sqlite:///{db}").engine.dispose()
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+    before = db.read_bytes()
+    proc = cli(f"space={tiny_space}", "executor=inline", "search.n_trials=2", *TINY, results=tmp_path / "results",
+               check=False, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{db}: not a readable Optuna storage (" in lines[0], proc.stderr[-3000:]
+    assert db.read_bytes() == before and not _leftovers(tmp_path)
+
+
+@pytest.mark.slow
+def test_sighup_stops_like_ctrl_c_and_the_rerun_resumes(tiny_space: Path, tmp_path: Path):
+    """A dropped ssh session sends SIGHUP: the run stops as Ctrl-C does (exit 130), not silently."""
+    args = [f"space={tiny_space}", "executor=inline", "search.n_trials=2", *TINY]
+    proc = _start(args, tmp_path)
+    _wait_for(proc, "[  1/2]")
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted:")
+    _no_running(load(tmp_path, "tiny"))
+    assert not _leftovers(tmp_path)
+    _check_resumes(args, tmp_path, 2)
+
+
+@pytest.mark.slow
+def test_a_closed_stdout_does_not_stop_the_search(tiny_space: Path, tmp_path: Path):
+    """`run_search.py ... | head -1`: the reader goes away after one line; the search goes on
+    to the end, writes its reports and exits 0, with no BrokenPipeError."""
+    args = [f"space={tiny_space}", "executor=inline", "search.n_trials=2", *TINY]
+    proc = _start(args, tmp_path)
+    assert proc.stdout.readline().startswith("study ")
+    proc.stdout.close()  # the pipe's only reader is gone: the next write gets EPIPE
+    err = proc.stderr.read()
+    assert proc.wait(timeout=900) == 0, err[-3000:]
+    assert "Traceback" not in err and "BrokenPipe" not in err and not err.strip(), err[-3000:]
+    study = load(tmp_path, "tiny")
+    assert len(complete(study)) == 2
+    _no_running(study)
+    folder = next(tmp_path.glob("tiny*"))
+    assert (folder / "trials.csv").is_file() and (folder / "dashboard.html").is_file()
+    assert not _leftovers(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_closed_stderr_still_stops_with_130_and_the_rerun_resumes(tiny_space: Path, tmp_path: Path):
+    """stderr's reader gone, then SIGTERM: the interrupt's lines go nowhere, but the run still
+    stops as Ctrl-C does (exit 130, nothing RUNNING) instead of dying of a BrokenPipeError."""
+    args = [f"space={tiny_space}", "executor=inline", "search.n_trials=2", *TINY]
+    proc = _start(args, tmp_path)
+    proc.stderr.close()
+    proc.stderr = None  # nobody reads it any more
+    _wait_for(proc, "[  1/2]")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 130, out[-2000:]
+    _no_running(load(tmp_path, "tiny"))
+    assert not _leftovers(tmp_path)
+    _check_resumes(args, tmp_path, 2)

@@ -167,3 +167,12 @@ def test_version_1_cache_rows_are_read_as_raw(tmp_path):
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
+
+
+def test_window_stopped_on_its_time_cap_too_early_is_flagged_without_an_interval():
+    """One round before the time cap (a busy machine, a big window): the median is kept but
+    flagged, and its interval is unknown, never a zero-width [x, x]."""
+    settings = LatencySettings(**{**LENIENT.to_dict(), "min_rounds": 1000, "max_time_s": 0.01, "max_retries": 0})
+    for result in profile_window(TARGETS, REF_A, settings):
+        assert result.rounds < 3 and result.contaminated and "rounds before max_time_s" in result.contamination
+        assert result.ci_low_ms is None and result.ci_high_ms is None and result.ci_rel_half_width is None

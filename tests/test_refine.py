@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 from optuna.trial import TrialState, create_trial
 from optuna.distributions import CategoricalDistribution
@@ -14,7 +15,7 @@ from search.engine.executor import InlineExecutor
 from search.engine.phases import Context, ReprofilePhase
 from search.engine.record import TrialRecord
 from search.engine.refine import Refiner, RefineSettings, candidates, in_doubt
-from search.engine.replicates import LatencyHistory, Replicate, ReplicateStore
+from search.engine.replicates import LatencyHistory, Replicate, ReplicateStore, best_of
 from search.report.tables import format_front, front_frame, front_trials, trials_frame
 from search.app.settings import parse_args
 
@@ -107,7 +108,7 @@ def test_refinement_adds_replicates_with_new_seeds_and_resumes(tiny_space: Path,
     assert set(frame["replicates"]) <= {1, 2, 3} and frame["replicates"].sum() == 2 + 3
 
     # Re-profiled with the front (the run did it once already): each time adds to the history,
-    # the latest latency counts, and the first measurement stays in the record.
+    # the preferred latency counts, and the first measurement stays in the record.
     history = LatencyHistory(study)
     before = {TrialRecord.load(t).arch_hash: len(history.history(TrialRecord.load(t).arch_hash)) for t in complete(study)}
     context = Context(study, campaign.storage, evaluator, InlineExecutor(), campaign.driver_settings(InlineExecutor()),
@@ -119,4 +120,100 @@ def test_refinement_adds_replicates_with_new_seeds_and_resumes(tiny_space: Path,
         record = TrialRecord.load(trial)
         assert len(history.history(record.arch_hash)) == before[record.arch_hash] + 1
         assert frame.loc[trial.number, "latency_first_ms"] == record.latency_ms
-        assert frame.loc[trial.number, "latency_ms"] == history.latest(record.arch_hash)["latency_ms"]
+        assert frame.loc[trial.number, "latency_ms"] == history.preferred(record).latency_ms
+
+
+def test_latency_rule_latest_clean_else_least_contaminated():
+    """One rule picks the latency a report shows: the latest clean one; a contaminated
+    measurement never replaces a clean one; with none clean, the fastest flagged one."""
+    clean = lambda ms: {"latency_ms": ms, "contamination": None}  # noqa: E731
+    busy = lambda ms: {"latency_ms": ms, "contamination": "other processes used 1.14 CPU cores"}  # noqa: E731
+    assert best_of([clean(27.5), busy(709.6)])["latency_ms"] == 27.5
+    assert best_of([clean(27.5), busy(20.0)])["latency_ms"] == 27.5  # not even a faster flagged one
+    assert best_of([clean(27.5), busy(709.6), clean(26.0)])["latency_ms"] == 26.0  # the latest clean
+    assert best_of([busy(110.0), busy(48.0), busy(70.0)]) == busy(48.0)  # least contaminated, still flagged
+    assert best_of([{"latency_ms": None, "contamination": None}]) is None
+    assert best_of([]) is None
+
+    study = _study([{"acc": 0.6, "lat": 27.5, "ci": (27.0, 28.0)}, {"acc": 0.7, "lat": 25.0, "ci": (24.5, 25.5)}])
+    history = LatencyHistory(study)
+    history.add("h0", {"latency_ms": 709.6, "latency_ci_low_ms": None, "latency_ci_high_ms": None,
+                       "window": "w", "contamination": "steal time 10.8%"})
+    history.add("h1", {"latency_ms": 24.0, "latency_ci_low_ms": 23.5, "latency_ci_high_ms": 24.5,
+                       "window": "w", "contamination": None})
+    frame = trials_frame(study)
+    assert frame.loc[0, "latency_ms"] == 27.5 and frame.loc[0, "latency_ci_high_ms"] == 28.0
+    assert not isinstance(frame.loc[0, "latency_contamination"], str)
+    assert frame.loc[1, "latency_ms"] == 24.0 and frame.loc[1, "latency_first_ms"] == 25.0
+    assert len(history.history("h0")) == 1  # the flagged one is kept, not shown
+
+
+@pytest.mark.slow
+def test_contaminated_reprofile_never_replaces_a_clean_latency(tmp_path: Path):
+    """End to end through the real profiler: a study's clean latencies, then the closing
+    re-profile (the Reprofile phase) in a window forced to stop on its time cap after too few
+    rounds (flagged, as on a busy machine): the front, trials.csv, export and findings keep
+    the clean values; the cache keeps its clean rows; a later clean window does replace them."""
+    from search.measure import jobs
+    from search.measure.profile import LatencySettings, ProfileCache
+    from search.report.export import zoo_record
+    from search.report.findings import load_architectures
+    from search.report.tables import write_trials_csv
+    from ascan import ArchConfig
+    from search.engine.driver import DriverSettings
+    from search.measure.evaluator import ProxyEvaluator
+    from search.space.budget import Budget
+
+    small = ArchConfig(img_size=32, widths=(16, 32, 64, 128), stem_width=16, head_width=128)
+    targets = [small.replace(layouts=("C", "CC", "CT", "T")), small.replace(widths=(16, 32, 64, 64))]
+    lenient = LatencySettings(device="cpu", batch_size=1, img_size=32, num_threads=1, warmup_iters=1,
+                              iters_per_round=2, min_rounds=5, min_time_s=0.0, max_time_s=1.0, target_rel_ci=0.05,
+                              max_spread=100.0, max_foreign_cpu=100.0, max_steal=1.0).to_dict()
+    cache = tmp_path / "profiles.db"
+    first = jobs.profile_window_job([t.to_dict() for t in targets], small.to_dict(), lenient, str(cache))
+    assert not any(r["contaminated"] for r in first.values())
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("objectives", ["accuracy", "latency"])
+    for i, target in enumerate(targets):
+        result = first[target.arch_hash]
+        record = TrialRecord(layout=target.layout, arch_hash=target.arch_hash, target_config=target.to_dict(),
+                             trained=True, accuracy=0.5 + 0.1 * i, val_count=100, proxy_seed=0,
+                             latency_ms=result["median_ms"], latency_ci_low_ms=result["ci_low_ms"],
+                             latency_ci_high_ms=result["ci_high_ms"], latency_window=result["window"])
+        study.add_trial(create_trial(values=[record.accuracy, record.latency_ms], params={"i": i},
+                                     distributions={"i": CategoricalDistribution([0, 1])}, user_attrs=record.to_attrs()))
+    clean = {t.number: TrialRecord.load(t).latency_ms for t in complete(study)}
+    cached = ProfileCache(cache).all()
+
+    def reprofile(settings: dict) -> int:
+        """The closing Reprofile phase, timing with `settings` against `small`."""
+        evaluator = ProxyEvaluator(None, None, {}, settings, str(cache), small.to_dict(), 10, 3)
+        context = Context(study, None, evaluator, InlineExecutor(), DriverSettings(0, ["accuracy", "latency"], Budget()),
+                          RefineSettings())
+        ReprofilePhase().run(context)
+        return context.results.get("reprofiled", 0)
+
+    # Forced onto its time cap after one round: every result of the window is flagged.
+    busy = {**lenient, "min_rounds": 1000, "max_time_s": 0.01, "max_retries": 0}
+    assert reprofile(busy) == 2
+    history = LatencyHistory(study)
+    for trial in complete(study):
+        (flagged,) = history.history(TrialRecord.load(trial).arch_hash)
+        assert "rounds before max_time_s" in flagged["contamination"]
+        assert flagged["latency_ci_low_ms"] is None  # too few rounds for an interval, never a zero-width one
+    front = front_frame(study).set_index("number")
+    csv = pd.read_csv(write_trials_csv(study, tmp_path / "trials.csv")).set_index("number")
+    architectures = {a.number: a for a in load_architectures(tmp_path, study)}
+    for number, latency in clean.items():
+        assert front.loc[number, "latency_ms"] == latency
+        assert csv.loc[number, "latency_ms"] == pytest.approx(latency)
+        assert architectures[number].latency_ms == latency
+        assert zoo_record(study, study.trials[number], "ascan_x", tmp_path)["provenance"]["metrics"]["latency_ms"] == latency
+    assert ProfileCache(cache).all() == cached  # nothing flagged was cached, nothing clean replaced
+
+    # A clean re-profile is better than the first measurement: the latest clean one counts.
+    reprofile(lenient)
+    front = front_frame(study).set_index("number")
+    for trial in complete(study):
+        arch = TrialRecord.load(trial).arch_hash
+        assert front.loc[trial.number, "latency_ms"] == history.history(arch)[-1]["latency_ms"]

@@ -45,6 +45,15 @@ BAD_FILES = {  # file stem -> (content, words the warning must contain)
     "ascan_zoo_binary": ("\udcff", "not UTF-8 text"),  # written with surrogateescape: one 0xff byte
     "ascan_zoo_yaml": ("config: [unclosed\n", "unreadable YAML: line"),
     "ascan_zoo_name": ("name: ascan_other\nconfig: {layouts: [CC, CCCT, CCTT, CTTT]}\n", "does not match"),
+    # The bounds a search spec is read with (`ascan.bounds`), checked before anything is built.
+    "ascan_zoo_wide": (f"config: {{layouts: {LAYOUTS}, widths: [1000000000, 64, 128, 256]}}\n",
+                       "config: widths[0]: 1000000000 is above the limit of 8192"),
+    "ascan_zoo_deep": ("config: {layouts: [CC, CCCT, CCTT, " + "C" * 17 + "]}\n",
+                       "config: layouts[3]: 17 blocks above the limit of 16"),
+    "ascan_zoo_heads": (f"config: {{layouts: {LAYOUTS}, head_dim: 4096, widths: [4096, 4096, 4096, 4096]}}\n",
+                        "config: head_dim: 4096 is above the limit of 1024"),
+    "ascan_zoo_params": (f"config: {{layouts: {LAYOUTS}, widths: [8192, 8192, 8192, 8192]}}\n",
+                         "parameters, above the limit of 2e+09"),
 }
 
 

@@ -7,8 +7,10 @@ with timm when `ascan` is imported, so `timm.create_model("ascan_<name>")` build
 Zoo folders, read in this order (`zoo_dirs()`): this package's folder (files shipped with
 ascan), then the folders of `$ASCAN_ZOO_DIR` (os.pathsep-separated) if it is set, else the
 per-user zoo `$XDG_DATA_HOME/ascan-search/zoo` (by default `~/.local/share/ascan-search/zoo`).
-A bad file is skipped with one warning naming it: zoo files are read with a size, nesting
-and alias limit, because every `import ascan` reads them.
+A bad file is skipped with one warning naming it, and never registered: zoo files are read
+with a size, nesting and alias limit, because every `import ascan` reads them, and their
+networks with the bounds a search spec's are read with (`ascan.bounds`: widths, depths,
+heads, a parameter estimate before anything is built).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import yaml
 from yaml.composer import ComposerError
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from .. import bounds
 from ..config import ArchConfig
 from ..model import AsCAN
 
@@ -187,6 +190,8 @@ def _parse_zoo_file(path: Path) -> ZooFile:
         config = ArchConfig.from_dict(data["config"])  # its ValueError names the bad field
     except (ValueError, TypeError, OverflowError) as err:  # e.g. a mapping where a number belongs, or `.inf`
         raise ValueError(f"config: {err}") from None
+    if (problem := bounds.violation(config)) is not None:  # the bounds a spec is read with, before any build
+        raise ValueError(f"config: {problem}")
     provenance = data.get("provenance") or {}
     if not isinstance(provenance, dict):
         raise ValueError("'provenance:' must be a mapping")

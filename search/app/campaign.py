@@ -6,10 +6,14 @@ driver with a progress line, and writes what a study leaves in `results/<study>/
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
+import os
+import sqlite3
 import sys
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -41,6 +45,57 @@ from search.engine.study import finished_trials, make_sampler, open_study
 
 class BadInput(ValueError):
     """Settings that cannot run (bad space, missing data, ...): one line, exit status 2."""
+
+
+class DiskFull(RuntimeError):
+    """The disk filled up (or a file-size limit was hit) while the run wrote something: one
+    line naming the file, exit status 1; finished trials are kept and a rerun resumes."""
+
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def disk_full(error: BaseException, where: Path | str) -> DiskFull | None:
+    """`error` as a `DiskFull` naming `where` when a full disk is its cause (anywhere in its
+    chain: SQLite says "database or disk is full" through SQLAlchemy and Optuna), else None."""
+    if isinstance(error, DiskFull):
+        return error
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in FULL_ERRNOS:
+            why = os.strerror(seen.errno)
+        elif "database or disk is full" in str(seen):
+            why = "database or disk is full"
+        else:
+            seen = seen.__cause__ or seen.__context__
+            continue
+        return DiskFull(f"disk full writing {where} ({why}); free some space, then re-run the same command "
+                        "to resume")
+    return None
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file behind a `sqlite:///` storage URL (None for other storages or in-memory)."""
+    prefix = "sqlite:///"
+    return Path(url[len(prefix):]) if url.startswith(prefix) and url != prefix + ":memory:" else None
+
+
+def check_storage_file(url: str, shown: Path) -> None:
+    """A SQLite study file that exists must be a sound database: a truncated or overwritten
+    one would otherwise surface later as a long SQLAlchemy traceback. One line, `BadInput`."""
+    path = _sqlite_file(url)
+    if path is None or not path.exists():
+        return
+    problem = ""
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+            problem = "" if verdict == "ok" else verdict
+    except sqlite3.Error as err:
+        problem = str(err)
+    if problem:
+        raise BadInput(f"{shown}: not a readable Optuna storage ({' '.join(problem.split())[:200]}); move it "
+                       "away to start the study again, or restore it from a copy")
 
 
 def study_name_for(space: SearchSpace, settings: RunSettings) -> str:
@@ -174,6 +229,8 @@ class Campaign:
     def open_study(self) -> optuna.Study:
         s = self.settings.search
         parallel = self.settings.executor == "ray"
+        shown = self.folder / "study.db" if not s.storage else _sqlite_file(self.storage_url)
+        check_storage_file(self.storage_url, shown)
         try:
             study, self.storage = open_study(self.study_name, self.storage_url, s.objectives,
                                              make_sampler(s.sampler, s.seed, parallel), s.max_retries)
@@ -224,6 +281,10 @@ class Campaign:
                 self._drive(self.study, executor)
         except StudyLocked as err:
             raise BadInput(str(err)) from None
+        except Exception as err:
+            if (full := disk_full(err, self.storage_file())) is None:
+                raise
+            raise full from None
         finally:
             executor.shutdown()
 
@@ -287,17 +348,36 @@ class Campaign:
         if self._stop_reported.acquire(blocking=False):  # atomic: two threads cannot both pass
             print(f"error: {message}", file=sys.stderr, flush=True)
 
+    def storage_file(self) -> Path | str:
+        """The study's storage, as a user would name it."""
+        return self.folder / "study.db" if not self.settings.search.storage else self.storage_url
+
     def write_reports(self) -> tuple[Path, Path]:
-        """Rewrite `trials.csv` and `dashboard.html` from the storage (each atomically)."""
-        csv = write_trials_csv(self.study, self.folder / "trials.csv")
-        dashboard = write_dashboard(self.study, self.folder / "dashboard.html", record_reference(self.study, self.space))
-        return csv, dashboard
+        """Rewrite `trials.csv` and `dashboard.html` from the storage (each atomically). A full
+        disk is a `DiskFull` naming the file (its temporary file is gone already)."""
+        reference = record_reference(self.study, self.space)
+        written = []
+        for path, write in ((self.folder / "trials.csv", lambda p: write_trials_csv(self.study, p)),
+                            (self.folder / "dashboard.html", lambda p: write_dashboard(self.study, p, reference))):
+            try:
+                written.append(write(path))
+            except Exception as err:
+                if (full := disk_full(err, path)) is None:
+                    raise
+                raise full from None
+        return written[0], written[1]
 
     def finish(self, interrupted: bool) -> str:
         study = getattr(self, "study", None)
         if study is None:
             return ""
-        csv, dashboard = self.write_reports()
+        try:
+            csv, dashboard = self.write_reports()
+        except DiskFull as err:
+            if not interrupted:
+                raise
+            self.report_stop(str(err))  # interrupted on a full disk: that line, not the file list
+            return ""
         finished = finished_trials(study)
         reused = sum(TrialRecord.load(t).status == REUSED for t in finished)
         lines = [] if interrupted else [

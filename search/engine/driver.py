@@ -16,6 +16,7 @@ stages. Only this process writes to the study, so SQLite storage is safe.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from dataclasses import dataclass
@@ -233,6 +234,10 @@ class Driver:
             raise
         except ClusterError:  # nothing in flight can finish, and there is nobody to cancel
             self._interrupt(cancel=False)
+            raise
+        except Exception:  # a full disk, a broken storage: still leave nothing RUNNING if we can
+            with contextlib.suppress(Exception):
+                self._interrupt()
             raise
 
     def _finished(self) -> int:

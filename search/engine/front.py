@@ -1,5 +1,5 @@
 """The study's Pareto front as the engine sees it: feasible trials, one per architecture,
-judged on the refined accuracy (the mean over replicates) and the latest latency."""
+judged on the refined accuracy (the mean over replicates) and the preferred latency."""
 from __future__ import annotations
 
 import optuna
@@ -21,7 +21,7 @@ def is_feasible(trial: FrozenTrial) -> bool:
 
 def objective_values(trial: FrozenTrial, names: list[str], accuracy: float | None, latency: float | None) -> list[float]:
     """The trial's objective values as minimised numbers, with the refined accuracy and the
-    latest latency (re-profiled with the front, `search.refine.reprofile`)."""
+    preferred latency (`LatencyHistory.preferred`)."""
     values = list(trial.values)
     if accuracy is not None:
         values[names.index("accuracy")] = accuracy
@@ -39,9 +39,8 @@ def front_trials(study: optuna.Study) -> list[FrozenTrial]:
         record = TrialRecord.load(trial)
         if not record.trained or not is_feasible(trial) or record.arch_hash in pool:
             continue
-        estimate, latest = store.estimate(trial), history.latest(record.arch_hash)
-        pool[record.arch_hash] = (trial, objective_values(trial, names, estimate.mean if estimate else None,
-                                                 latest["latency_ms"] if latest else None))
+        estimate, latency = store.estimate(trial), history.preferred(record).latency_ms
+        pool[record.arch_hash] = (trial, objective_values(trial, names, estimate.mean if estimate else None, latency))
     points = list(pool.values())
 
     def dominated(v: list[float]) -> bool:

@@ -10,6 +10,7 @@ the refined estimate lives here and in the report.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 
 import optuna
@@ -67,10 +68,21 @@ class ReplicateStore:
 REPROFILE_PREFIX = "reprofile:"
 
 
+def _clean(measurement: dict) -> bool:
+    return not measurement.get("contamination") and measurement.get("latency_ms") is not None
+
+
 class LatencyHistory:
-    """Re-measurements of an architecture's latency (`search.refine.reprofile`), in the study's
-    user attributes (`reprofile:<arch hash>`), oldest first. The trial's record keeps its
-    first measurement; the report uses the latest, which the front's members share a window in."""
+    """Every measurement of an architecture's latency, and the one rule that picks the one a
+    report shows. The trial's record keeps the first (the search's); re-measurements
+    (`search.engine.phases.ReprofilePhase`) are kept in the study's user attributes
+    (`reprofile:<arch hash>`), oldest first, contaminated ones too, so nothing is lost.
+
+    The rule (`preferred`): the latest clean measurement; when none is clean, the least
+    contaminated one, still flagged. A contaminated number never replaces a clean one, so a
+    re-profile on a busy machine cannot undo a good search measurement."""
+
+    FIELDS = ("latency_ms", "latency_ci_low_ms", "latency_ci_high_ms", "window", "contamination")
 
     def __init__(self, study: optuna.Study):
         self.study = study
@@ -78,9 +90,40 @@ class LatencyHistory:
     def history(self, arch_hash: str) -> list[dict]:
         return list(self.study.user_attrs.get(REPROFILE_PREFIX + arch_hash, []))
 
-    def latest(self, arch_hash: str) -> dict | None:
-        history = self.history(arch_hash)
-        return history[-1] if history else None
-
     def add(self, arch_hash: str, measurement: dict) -> None:
         self.study.set_user_attr(REPROFILE_PREFIX + arch_hash, [*self.history(arch_hash), measurement])
+
+    @staticmethod
+    def first(record: TrialRecord) -> dict | None:
+        """The record's own measurement, in the history's terms (None when never timed)."""
+        if record.latency_ms is None:
+            return None
+        return {"latency_ms": record.latency_ms, "latency_ci_low_ms": record.latency_ci_low_ms,
+                "latency_ci_high_ms": record.latency_ci_high_ms, "window": record.latency_window,
+                "contamination": record.latency_contamination}
+
+    def best(self, arch_hash: str, first: dict | None) -> dict | None:
+        """The measurement to show among `first` (the record's) and the re-measurements."""
+        return best_of([m for m in [first, *self.history(arch_hash)] if m is not None])
+
+    def preferred(self, record: TrialRecord) -> TrialRecord:
+        """`record` with its latency fields set to the preferred measurement (itself when it
+        was never re-measured): what every report reads."""
+        first = self.first(record)
+        chosen = self.best(record.arch_hash, first)
+        if chosen is None or chosen is first:
+            return record
+        return dataclasses.replace(
+            record, latency_ms=chosen["latency_ms"], latency_ci_low_ms=chosen.get("latency_ci_low_ms"),
+            latency_ci_high_ms=chosen.get("latency_ci_high_ms"), latency_window=chosen.get("window"),
+            latency_contamination=chosen.get("contamination") or None)
+
+
+def best_of(measurements: list[dict]) -> dict | None:
+    """The latest clean measurement (list oldest first), else the least contaminated: the
+    fastest, since a busy machine only ever slows a network down."""
+    clean = [m for m in measurements if _clean(m)]
+    if clean:
+        return clean[-1]
+    timed = [m for m in measurements if m.get("latency_ms") is not None]
+    return min(timed, key=lambda m: m["latency_ms"]) if timed else None

@@ -1,4 +1,7 @@
-"""Ctrl-C and SIGTERM stop a run, even when the signal lands inside a finalizer.
+"""Ctrl-C, SIGTERM and SIGHUP stop a run, even when the signal lands inside a finalizer.
+
+SIGHUP is what a dropped ssh session sends: by default it kills the driver silently and
+leaves its trials RUNNING, so it stops the run as Ctrl-C does.
 
 Python raises KeyboardInterrupt wherever the main thread happens to be. When that is a
 finalizer (a weakref callback or `__del__`, which SQLAlchemy runs often), Python prints
@@ -15,11 +18,11 @@ from types import FrameType, TracebackType
 
 
 class StopSignals:
-    """Within `with StopSignals() as stop:`, SIGINT and SIGTERM raise KeyboardInterrupt and set
+    """Within `with StopSignals() as stop:`, SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt and set
     `stop.requested`; `stop.check()` raises it again if it was dropped. Outside the main thread
     (where handlers cannot be set) it only answers `check()`."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
     # Code an exception must not tear halfway: an interrupt inside SQLAlchemy (a commit, or its
     # weakref cleanup) can leave the session broken, so the very next write, the one recording
     # the interrupt, fails. There the request is only kept; `check()` raises it a moment later.

@@ -37,6 +37,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -167,15 +168,18 @@ def load_dataset(name: str = "cifar10", root: str | Path | None = None, img_size
 
 @functools.lru_cache(maxsize=2)
 def _load_cached(name: str, path: Path, img_size: int | None) -> ImageDataset:
-    if name == "cifar10":
-        arrays = _read_cifar_npz(path) if path.is_file() else _read_cifar_batches(path)
-        class_names = CIFAR10_CLASSES
+    as_stored: dict = {}  # how the file lays out its images, for messages (we hold N x C x H x W)
+    if name == "cifar10" and path.is_file():
+        arrays, class_names = _read_cifar_npz(path), CIFAR10_CLASSES
+        as_stored = {"stored": lambda s: (s[0], *s[2:], s[1]), "layout": "N x H x W x C"}
+    elif name == "cifar10":
+        arrays, class_names = _read_cifar_batches(path), CIFAR10_CLASSES
     elif name == "fashion_mnist":
         arrays = _read_fashion_mnist(path)
         class_names = FASHION_CLASSES
     else:
         arrays, class_names = _read_image_folder(path, img_size or 32)
-    check_arrays(path, arrays, len(class_names))
+    check_arrays(path, arrays, len(class_names), **as_stored)
     x_train, y_train, x_test, y_test = (torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
     if img_size is not None:
         x_train, x_test = resize_images(x_train, img_size), resize_images(x_test, img_size)
@@ -185,15 +189,21 @@ def _load_cached(name: str, path: Path, img_size: int | None) -> ImageDataset:
 ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
 
 
-def check_arrays(source: Path, arrays: tuple[np.ndarray, ...], num_classes: int) -> None:
+def check_arrays(source: Path, arrays: tuple[np.ndarray, ...], num_classes: int,
+                 stored: Callable[[tuple[int, ...]], tuple[int, ...]] = tuple, layout: str = "N x C x H x W") -> None:
     """Raise a one-line `DataError` naming `source` and the array unless (x_train, y_train,
-    x_test, y_test) form a usable dataset: see the module docstring. The test split may be empty."""
+    x_test, y_test) form a usable dataset: see the module docstring. The test split may be empty.
+    `stored` maps an image array's shape (N, C, H, W) back to the file's own layout, `layout`
+    names that layout: a message shows the shape as the user finds it in the file."""
     def fail(name: str, problem: str) -> DataError:
         return DataError(f"{source}: {name}: {problem}")
 
+    if num_classes < 2:  # one class: every network scores 1.000, a meaningless search
+        raise fail("y_train", f"{num_classes} class; a search needs at least 2")
     for x_name, y_name, x, y in (("x_train", "y_train", *arrays[:2]), ("x_test", "y_test", *arrays[2:])):
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1] not in (1, 3):
-            raise fail(x_name, f"expected uint8 images N x C x H x W with 1 or 3 channels, got {x.dtype} {x.shape}")
+            shape = stored(x.shape) if x.ndim == 4 else x.shape
+            raise fail(x_name, f"expected uint8 images {layout} with 1 or 3 channels, got {x.dtype} {shape}")
         if len(x) and min(x.shape[2:]) < MIN_IMAGE_SIZE:
             raise fail(x_name, f"images of {x.shape[2]} x {x.shape[3]} px are below {MIN_IMAGE_SIZE} x {MIN_IMAGE_SIZE}")
         if y.dtype.kind not in "iu" or y.ndim != 1:
@@ -373,23 +383,38 @@ def _read_image_folder(root: Path, img_size: int) -> tuple[tuple[np.ndarray, ...
     class_names = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     if not class_names:
         raise DataError(f"{train_dir}: no class sub-folders found")
+    if len(class_names) < 2:  # one class: every network scores 1.000, a meaningless search
+        raise DataError(f"{train_dir}: one class sub-folder ({class_names[0]!r}); a search needs at least 2 classes")
+
+    def decode(file: Path) -> np.ndarray:
+        """Every image is decoded here, when the folder is opened: a broken one is named now,
+        not met as a PIL traceback in the middle of a training."""
+        try:
+            with Image.open(file) as img:
+                rgb = img.convert("RGB").resize((img_size, img_size), Image.Resampling.BILINEAR)
+        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
+            raise DataError(f"{file}: not a readable image ({_first_line(err)})") from None
+        return np.asarray(rgb).transpose(2, 0, 1)
+
+    def listed(folder: Path) -> list[Path]:
+        return sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
 
     def read(directory: Path | None) -> tuple[np.ndarray, np.ndarray]:
+        files = {cls: listed(directory / cls) for cls in class_names} if directory is not None else {}
+        if directory is train_dir and not any(files.values()):
+            raise DataError(f"{train_dir}: no images with suffix {', '.join(sorted(IMAGE_SUFFIXES))}")
+        if any(files.values()):  # the test split may be absent, but not lack a class
+            cls, few = min(files.items(), key=lambda item: len(item[1]))
+            if len(few) < MIN_PER_CLASS:
+                raise DataError(f"{directory / cls}: {len(few)} images, need at least {MIN_PER_CLASS} per class")
         images, labels = [], []
         for label, cls in enumerate(class_names):
-            folder = directory / cls if directory is not None else None
-            files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) if folder and folder.is_dir() else []
-            for file in files:
-                with Image.open(file) as img:
-                    rgb = img.convert("RGB").resize((img_size, img_size), Image.Resampling.BILINEAR)
-                images.append(np.asarray(rgb).transpose(2, 0, 1))
-                labels.append(label)
+            images += [decode(file) for file in files.get(cls, [])]
+            labels += [label] * len(files.get(cls, []))
         shape = (len(images), 3, img_size, img_size)
         return (np.stack(images) if images else np.zeros(shape, np.uint8)), np.asarray(labels, np.int64)
 
     x_train, y_train = read(train_dir)
-    if len(x_train) == 0:
-        raise DataError(f"{train_dir}: no images with suffix {', '.join(sorted(IMAGE_SUFFIXES))}")
     return (x_train, y_train, *read(test_dir)), class_names
 
 

@@ -31,6 +31,7 @@ import copy
 import ctypes
 import dataclasses
 import gc
+import math
 import os
 import platform
 import time
@@ -378,8 +379,13 @@ def _spread(values: np.ndarray) -> float:
 
 
 def _median_ci(values: np.ndarray) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the median of `values` (seeded, so reproducible)."""
-    if len(values) < 3 or np.ptp(values) == 0:
+    """95% percentile-bootstrap interval of the median of `values` (seeded, so reproducible).
+    Under 3 values a bootstrap only ever draws the values themselves: the interval is unknown
+    (NaN), never the zero width it would print (a window stopped on its time cap after one
+    round on a busy machine reported [709.6, 709.6])."""
+    if len(values) < 3:
+        return math.nan, math.nan
+    if np.ptp(values) == 0:
         median = float(np.median(values))
         return median, median
     ci = scipy.stats.bootstrap((values,), np.median, confidence_level=0.95, n_resamples=BOOTSTRAP_RESAMPLES,
@@ -389,7 +395,7 @@ def _median_ci(values: np.ndarray) -> tuple[float, float]:
 
 def _rel_half_width(values: np.ndarray) -> float:
     low, high = _median_ci(values)
-    return (high - low) / 2 / float(np.median(values))
+    return (high - low) / 2 / float(np.median(values)) if math.isfinite(low) else math.inf
 
 
 # ---------------------------------------------------------------------- latency
@@ -653,6 +659,11 @@ def _measure_targets(cfgs: list[ArchConfig], reference: ArchConfig, settings: La
         spread = _spread(values)
         if spread > settings.max_spread:
             problems = [*problems, f"per-round spread (IQR/median) {spread:.1%} (allowed {settings.max_spread:.1%})"]
+        if window.rounds < settings.min_rounds:  # stopped on its time cap: too few rounds to judge
+            problems = [*problems, f"only {window.rounds} rounds before max_time_s={settings.max_time_s:g} s "
+                                   f"(min_rounds {settings.min_rounds})"]
+        if not math.isfinite(low):
+            low = high = None
         return ProfileResult(
             arch_hash=cfg.arch_hash, params=counts[i][0], macs=counts[i][1], median_ms=median,
             p90_ms=float(np.percentile(raw, 90)), iqr_ms=float(np.subtract(*np.percentile(raw, [75, 25]))),
@@ -660,7 +671,8 @@ def _measure_targets(cfgs: list[ArchConfig], reference: ArchConfig, settings: La
             throughput=settings.batch_size * 1000.0 / median, peak_memory_bytes=window.peak_memory_bytes[i],
             settings=settings.to_dict(), fingerprint=window.fingerprint, arch=cfg.to_dict(),
             reference=reference_info, raw_median_ms=float(np.median(raw)), ci_low_ms=low, ci_high_ms=high,
-            ci_rel_half_width=(high - low) / 2 / median, rounds=window.rounds, ratio_spread=spread,
+            ci_rel_half_width=None if low is None else (high - low) / 2 / median, rounds=window.rounds,
+            ratio_spread=spread,
             foreign_cpu=window.foreign_cpu, steal=window.steal, contaminated=bool(problems),
             contamination="; ".join(problems), attempts=attempt, window=window_id)
 

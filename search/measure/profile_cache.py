@@ -16,6 +16,7 @@ the cache on NFS.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import sqlite3
@@ -234,6 +235,8 @@ class ProfileCache:
                 with conn:  # one transaction: commit on success, roll back on error
                     yield conn
         except sqlite3.OperationalError as error:
+            if "disk is full" in str(error):  # SQLITE_FULL: the file is fine, the disk is not
+                raise OSError(errno.ENOSPC, f"profile cache {self.path}: disk full ({error})", str(self.path)) from error
             if "locked" in str(error) or "busy" in str(error):
                 raise CacheLockedError(f"profile cache {self.path}: still locked by another writer after "
                                        f"{self.timeout_s:g}s ({error})") from error

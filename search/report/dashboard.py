@@ -29,6 +29,7 @@ from plotly.offline import get_plotlyjs
 
 from search.engine.objectives import OBJECTIVES, Objective
 from search.engine.record import TrialRecord
+from search.report.files import write_atomically
 from search.report.tables import (ReferencePoint, StudyFolderError, c1_reference, front_frame, front_trials, hypervolume_history,
                      objective_names, open_study_dir, study_reference, trials_frame)
 from search.space.space import PAPER_C1, PAPER_SYMMETRIC
@@ -297,10 +298,7 @@ def write_dashboard(study: optuna.Study, path: Path, reference: ReferencePoint) 
     """Write the dashboard of `study` to `path` (atomically: a reader never sees half a page)."""
     path = Path(path)
     page = render_dashboard(study, reference, study_dir=path.parent)
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_atomically(path, page)
 
 
 # ----------------------------------------------------------------- reading a study folder

@@ -20,7 +20,6 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,7 +31,8 @@ from optuna.trial import FrozenTrial, TrialState
 from ascan import ArchConfig, zoo
 
 from search.engine.record import TrialRecord
-from search.engine.replicates import ReplicateStore
+from search.engine.replicates import LatencyHistory, ReplicateStore
+from search.report.files import write_atomically
 from search.report.tables import StudyFolderError, is_feasible, objective_names, open_study_dir
 
 MAX_NAME_CHARS = 100  # with its suffixes, a file name must stay under the usual 255-byte limit
@@ -94,20 +94,6 @@ def read_study(study_dir: Path, storage: str | None) -> tuple[optuna.Study, list
         raise ExportError(f"{where}: cannot read the study ({type(err).__name__}: {one_line(err)})") from None
 
 
-def write_atomically(target: Path, text: str) -> None:
-    """Write `text` to `target` atomically, through a fresh temporary file in the same
-    folder (created exclusively, so a planted symlink is never written through)."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp makes it private; a zoo file is meant to be read
-            f.write(text)
-        os.replace(tmp, target)  # replaces a symlink at `target` itself, not what it points to
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def finished_trial(study: optuna.Study, trials: list[FrozenTrial], number: int, force: bool) -> FrozenTrial:
     """The trial to export: it must exist, have finished, and (unless forced) be feasible."""
     if not 0 <= number < len(trials):
@@ -130,7 +116,7 @@ def finished_trial(study: optuna.Study, trials: list[FrozenTrial], number: int, 
 
 def zoo_record(study: optuna.Study, trial: FrozenTrial, name: str, study_dir: Path) -> dict[str, Any]:
     """What the zoo file holds: the exact target config and where it came from."""
-    record = TrialRecord.load(trial)
+    record = LatencyHistory(study).preferred(TrialRecord.load(trial))  # the latency the report shows
     config = ArchConfig.from_dict(record.target_config)
     if record.arch_hash not in ("", config.arch_hash):
         raise ExportError(f"--trial {trial.number}: recorded hash {record.arch_hash} does not match its config "
@@ -144,6 +130,7 @@ def zoo_record(study: optuna.Study, trial: FrozenTrial, name: str, study_dir: Pa
         "space": study.user_attrs.get("space"), "objectives": objective_names(study),
         "layout": record.layout or config.layout, "family": record.family or None, "arch_hash": config.arch_hash,
         "feasible": is_feasible(trial), "metrics": metrics, "proxy_config": record.proxy_config,
+        "latency_contamination": record.latency_contamination,  # set when no clean measurement exists
         "device": record.profile_fingerprint, "profile_settings": record.profile_settings,
         "reused_from": record.reused_from,
         "trial_finished": trial.datetime_complete.isoformat() if trial.datetime_complete else None,

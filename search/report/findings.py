@@ -55,7 +55,8 @@ from scipy import stats
 
 from search.report.dashboard import FAMILY_COLOURS, OTHER_COLOUR, PLOT_CONFIG, reference_for
 from search.engine.record import TrialRecord
-from search.engine.replicates import ReplicateStore
+from search.report.files import write_atomically
+from search.engine.replicates import LatencyHistory, ReplicateStore
 from search.report.tables import (HV_LATENCY_MULTIPLE, StudyFolderError, compute_hypervolume, front_trials, is_feasible,
                      open_study_dir)
 from search.space.space import PAPER_C1, layout_family
@@ -171,10 +172,10 @@ def _latency_interval(record: TrialRecord) -> tuple[float, float, str, float]:
 
 def load_architectures(folder: Path, study: optuna.Study) -> list[Architecture]:
     """The study's trained, feasible, timed architectures (each once: its first trial)."""
-    store, seen, found = ReplicateStore(study), set(), []
+    store, latencies, seen, found = ReplicateStore(study), LatencyHistory(study), set(), []
     space = str(study.user_attrs.get("space", ""))
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        record = TrialRecord.load(trial)
+        record = latencies.preferred(TrialRecord.load(trial))  # the latency every report shows
         if (not record.trained or not is_feasible(trial) or record.arch_hash in seen or not record.layout
                 or record.latency_ms is None or not math.isfinite(record.latency_ms)):
             continue
@@ -779,17 +780,10 @@ def render_html(report: Report) -> str:
                        rendered=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 
-def _write(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
-
-
 def write_findings(report: Report, out: Path) -> tuple[Path, Path]:
     """Write findings.md and findings.html into `out` (each atomically)."""
-    return _write(Path(out) / "findings.md", render_markdown(report)), _write(Path(out) / "findings.html",
-                                                                               render_html(report))
+    return (write_atomically(Path(out) / "findings.md", render_markdown(report)),
+            write_atomically(Path(out) / "findings.html", render_html(report)))
 
 
 def _positive(text: str) -> float:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from search.engine.objectives import OBJECTIVES
+from search.report.files import write_atomically
 from search.engine.record import TrialRecord, record_fields
 from search.engine.replicates import LatencyHistory, ReplicateStore
 from search.space.space import PAPER_C1
@@ -103,12 +102,9 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row = {"number": trial.number, "state": trial.state.name,
                "feasible": is_feasible(trial) if trial.state == TrialState.COMPLETE else None}
         record = TrialRecord.load(trial)
-        row.update(vars(record))
-        if remeasured := history.history(record.arch_hash):  # re-timed with the front: the latest counts
-            latest = remeasured[-1]
-            row.update(latency_first_ms=record.latency_ms, latency_ms=latest["latency_ms"],
-                       latency_ci_low_ms=latest["latency_ci_low_ms"], latency_ci_high_ms=latest["latency_ci_high_ms"],
-                       latency_contamination=latest["contamination"], reprofiled=len(remeasured))
+        row.update(vars(history.preferred(record)))  # re-timed with the front: `LatencyHistory`'s rule picks
+        if remeasured := history.history(record.arch_hash):
+            row.update(latency_first_ms=record.latency_ms, reprofiled=len(remeasured))
         row.update({f"constraint_{k}": v for k, v in named_constraints(trial).items()})
         row.update({f"param_{k}": v for k, v in trial.params.items()})
         row["datetime_start"] = trial.datetime_start
@@ -136,11 +132,7 @@ def write_trials_csv(study: optuna.Study, path: Path) -> Path:
     path = Path(path)
     frame = trials_frame(study)
     frame = frame.apply(lambda column: column.map(_csv_cell)) if not frame.empty else frame
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as out:
-        frame.to_csv(out, index=False)
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, frame.to_csv(index=False))
 
 
 def estimates_frame(study: optuna.Study) -> pd.DataFrame:

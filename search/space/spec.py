@@ -20,6 +20,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ascan import bounds
+from ascan.bounds import (MAX_HEAD_DIM, MAX_IMG_SIZE, MAX_IN_CHANS, MAX_NUM_CLASSES, MAX_PARAMS, MAX_RATIO,
+                          MAX_STAGE_DEPTH, MAX_WIDTH)
 from ascan.config import C_BLOCKS, NUM_STAGES, STAGE_PATTERN, T_BLOCKS
 
 from search.space import safe_yaml
@@ -29,15 +32,13 @@ FAMILIES = ("symmetric", "asymmetric")
 DEFAULT_WIDTHS = (64, 128, 256, 512)
 # Upper bounds (inclusive) on numbers, far above any sane network yet small enough that
 # nothing downstream overflows, hangs or runs out of memory. Lower bounds are in `setting`.
-MAX_STAGE_DEPTH = 16  # blocks per stage (the paper uses at most 4)
-MAX_WIDTH = 8192
-MAX_PARAMS = 2e9  # estimated parameters of the largest target network (AsCAN-L has 173 M)
+# The network's own bounds live in `ascan.bounds`: zoo files are read with the same ones.
 LIMITS = {
     "network.stem_width": MAX_WIDTH, "network.stem_stride": 2, "network.head_width": MAX_WIDTH,
-    "network.head_dim": 1024, "network.expansion": 16, "network.se_ratio": 1, "network.mlp_ratio": 16,
-    "network.drop_path_rate": 1, "network.in_chans": 64,
-    "target.img_size": 2048, "target.batch_size": 4096, "target.num_classes": 100_000,
-    "proxy.width_mult": 4, "proxy.img_size": 512, "proxy.stem_stride": 2, "proxy.head_dim": 1024,
+    "network.head_dim": MAX_HEAD_DIM, "network.expansion": MAX_RATIO, "network.se_ratio": 1,
+    "network.mlp_ratio": MAX_RATIO, "network.drop_path_rate": 1, "network.in_chans": MAX_IN_CHANS,
+    "target.img_size": MAX_IMG_SIZE, "target.batch_size": 4096, "target.num_classes": MAX_NUM_CLASSES,
+    "proxy.width_mult": 4, "proxy.img_size": 512, "proxy.stem_stride": 2, "proxy.head_dim": MAX_HEAD_DIM,
     "proxy.drop_path_rate": 1,
     "budget.max_latency_ms": 1e9, "budget.max_macs": 1e18, "budget.max_params": 1e15,
     "report.reference_latency_ms": 1e9,
@@ -191,6 +192,14 @@ def _is_file(path: Path) -> bool:
         return False
 
 
+def _exists(path: Path) -> bool:
+    """Whether anything is there (a file, a FIFO, a device, a link to one), never opening it."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
 def locate_spec(name_or_path: str | Path, spaces_dirs: Sequence[Path]) -> Path:
     """`hybrid` -> the first `<dir>/hybrid.yaml` of `spaces_dirs`; a path (with / or .yaml) is taken as given."""
     name = str(name_or_path)
@@ -199,13 +208,15 @@ def locate_spec(name_or_path: str | Path, spaces_dirs: Sequence[Path]) -> Path:
         path = Path(name)
     else:
         candidates = [d / f"{name}.yaml" for d in spaces_dirs]
-        path = next((p for p in candidates if _is_file(p)), candidates[-1])
+        path = next((p for p in candidates if _exists(p)), candidates[-1])
     try:
-        found = path.is_file()
+        exists, found = path.exists(), path.is_file()
     except OSError as err:  # e.g. a name longer than the file system allows
         raise SpecError(display_path(path), None, f"cannot open: {err.strerror or err}") from None
+    if exists and not found:  # a FIFO would block, /dev/zero never end: name it, not "no such file"
+        raise SpecError(display_path(path), None, "not a regular file (a spec is a YAML file)")
     if not found:
-        available = sorted({p.stem for d in spaces_dirs for p in d.glob("*.yaml")})
+        available = sorted({p.stem for d in spaces_dirs for p in d.glob("*.yaml") if _is_file(p)})
         problem = "no such file" if is_path else f"no space named {_clip(repr(name))}{_hint(name, available)}"
         raise SpecError(display_path(path), None, f"{problem}; available spaces: {', '.join(available) or 'none'}")
     return path
@@ -407,23 +418,13 @@ def _read_layouts(read: _Reader, value: Any, constraints: Constraints) -> tuple[
 
 
 def estimate_params(spec: Spec) -> float:
-    """An upper estimate of the largest target network's parameters, from the spec alone.
-
-    Each block is counted as the larger of a C block (3x3 conv to `expansion` x width, SE,
-    1x1 projection back) and a T block (qkv + output projections, MLP); enough to refuse a
-    spec whose networks cannot fit in memory before anything is built.
-    """
-    net, depths = spec.network, _max_depths(spec)
-    params = 9.0 * net.in_chans * net.stem_width + 9.0 * net.stem_width ** 2
-    previous = net.stem_width
-    for depth, widths in zip(depths, spec.widths):
-        w = float(max(widths))
-        hidden = net.expansion * w
-        c_block = 9 * w * hidden + 2 * hidden * max(1.0, net.se_ratio * w) + hidden * w
-        t_block = 4 * w * w + 2 * net.mlp_ratio * w * w
-        params += previous * w + depth * max(c_block, t_block)
-        previous = w
-    return params + previous * net.head_width + net.head_width * spec.target.num_classes
+    """An upper estimate of the largest target network's parameters, from the spec alone
+    (`ascan.bounds.estimate_params` at each stage's largest width and depth)."""
+    net = spec.network
+    return bounds.estimate_params(in_chans=net.in_chans, stem_width=net.stem_width,
+                                  widths=[max(widths) for widths in spec.widths], depths=_max_depths(spec),
+                                  head_width=net.head_width, num_classes=spec.target.num_classes,
+                                  expansion=net.expansion, se_ratio=net.se_ratio, mlp_ratio=net.mlp_ratio)
 
 
 def _max_depths(spec: Spec) -> list[int]:
