@@ -28,11 +28,6 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chr
 
 
 @pytest.fixture(scope="module")
-def study(study_dir: Path) -> optuna.Study:
-    return open_study_dir(study_dir)
-
-
-@pytest.fixture(scope="module")
 def page(study: optuna.Study, study_dir: Path) -> Path:
     return write_dashboard(study, study_dir / "dashboard.html", ReferencePoint(latency_ms=50.0))
 
