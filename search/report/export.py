@@ -20,7 +20,6 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,6 +32,7 @@ from ascan import ArchConfig, zoo
 
 from search.engine.record import TrialRecord
 from search.engine.replicates import ReplicateStore
+from search.report.files import write_atomically
 from search.report.tables import StudyFolderError, is_feasible, objective_names, open_study_dir
 
 MAX_NAME_CHARS = 100  # with its suffixes, a file name must stay under the usual 255-byte limit
@@ -92,20 +92,6 @@ def read_study(study_dir: Path, storage: str | None) -> tuple[optuna.Study, list
         # URL names (SQLAlchemy's, the journal's, ...), so there is no one class to catch.
         where = f"--storage {storage}" if storage else f"{study_dir / 'study.db'}"
         raise ExportError(f"{where}: cannot read the study ({type(err).__name__}: {one_line(err)})") from None
-
-
-def write_atomically(target: Path, text: str) -> None:
-    """Write `text` to `target` atomically, through a fresh temporary file in the same
-    folder (created exclusively, so a planted symlink is never written through)."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp makes it private; a zoo file is meant to be read
-            f.write(text)
-        os.replace(tmp, target)  # replaces a symlink at `target` itself, not what it points to
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def finished_trial(study: optuna.Study, trials: list[FrozenTrial], number: int, force: bool) -> FrozenTrial:
