@@ -374,7 +374,7 @@ def test_cuda_device_refused_when_absent(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------- as real processes
-slow = pytest.mark.slow  # each process imports torch: 4-15 s on a loaded 2-core machine
+# Each process imports torch: 4-15 s on a loaded 2-core machine, so these are slow.
 SUBPROCESS_CASES = [
     ("study-name-escape", lambda t: ["search.study_name=../../escape_study"], "search.study_name="),
     ("alias-bomb", lambda t: [f"space={spec_file(t, ALIAS_BOMB)}"], "are not allowed"),
@@ -382,14 +382,13 @@ SUBPROCESS_CASES = [
     ("corrupt-png", lambda t: ["data.name=imagefolder",
                                f"data.root={image_folder(t, {'cat': 3, 'dog': 3}, broken='cat')}"],
      "train/cat/2.png: not a readable image"),
-    pytest.param("nested-20000", lambda t: [f"space={spec_file(t, 'stages: ' + '[' * 20_000)}"], "nested deeper",
-                 marks=slow),
-    pytest.param("depth-1000000", lambda t: [f"space={spec_file(t, stage_with(1, depth=1_000_000))}"],
-                 "above the limit", marks=slow),
-    pytest.param("storage-garbage", lambda t: ["search.storage=garbage"], "search.storage=", marks=slow),
+    ("nested-20000", lambda t: [f"space={spec_file(t, 'stages: ' + '[' * 20_000)}"], "nested deeper"),
+    ("depth-1000000", lambda t: [f"space={spec_file(t, stage_with(1, depth=1_000_000))}"], "above the limit"),
+    ("storage-garbage", lambda t: ["search.storage=garbage"], "search.storage="),
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,args,expected", SUBPROCESS_CASES)
 def test_subprocess(tmp_path, name, args, expected):
     results = tmp_path / "results"

@@ -18,12 +18,13 @@ import pytest
 
 from cluster import Cluster, process_table, two_node_cluster
 from search.measure import jobs
-from search.measure.data import load_dataset
 from search.engine.executor import (ClusterUnreachable, Executor, InlineExecutor, RayExecutor,
                              ResourceUnavailable)
 from search.measure.profile import LatencySettings
 from search.space.space import load_space
 from studies import REPO, write_tiny_space
+
+pytestmark = pytest.mark.slow  # starts a two-node Ray cluster
 
 TOKEN_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED")
 
@@ -53,12 +54,13 @@ def _wait_all(executor: RayExecutor, pending: list, timeout: float = 240) -> Non
         assert time.monotonic() < deadline, [job.name for job in pending if job.outcome is None]
 
 
-def test_profiling_holds_one_node_while_the_other_trains(cluster: Cluster, executor: RayExecutor, tmp_path: Path):
+def test_profiling_holds_one_node_while_the_other_trains(cluster: Cluster, executor: RayExecutor, cifar,
+                                                         tmp_path: Path):
     assert isinstance(executor, Executor) and isinstance(InlineExecutor(), Executor)
     assert executor.total_cpus == 2 and executor.profile_threads() == 1 and executor.trains_beside_profiling()
     space = load_space(write_tiny_space(tmp_path))
     candidates = space.enumerate()[:2]
-    dataset = load_dataset("cifar10")
+    dataset = cifar
     data = executor.put(dataset)  # once; every training gets the reference
     proxy_settings = dict(epochs=1, batch_size=64, train_size=128, val_size=100, num_threads=1, device="cpu")
     latency = LatencySettings(device="cpu", img_size=32, num_threads=executor.profile_threads(), warmup_iters=2,

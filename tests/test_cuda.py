@@ -12,7 +12,6 @@ from timm.utils import reparameterize_model
 
 from ascan import ArchConfig, build_model
 from search.measure import jobs
-from search.measure.data import DataError, load_dataset
 from search.measure.profile import LatencySettings, measure_latency, profile_window
 from search.measure.proxy import preset
 
@@ -23,14 +22,6 @@ SMALL = ArchConfig(img_size=32, widths=(16, 32, 64, 128), stem_width=16, head_wi
                    layouts=("CC", "CCCT", "CCTT", "CTTT"))
 GPU = dict(device="cuda", batch_size=16, img_size=32, dtype="float16", channels_last=True, warmup_iters=3,
            min_iters=10, min_time_s=0.2, max_time_s=10.0, min_rounds=5, target_rel_ci=0.05)
-
-
-@pytest.fixture(scope="module")
-def cifar():
-    try:
-        return load_dataset("cifar10")
-    except DataError as err:
-        pytest.skip(str(err))
 
 
 def test_proxy_trains_on_the_gpu(cifar):

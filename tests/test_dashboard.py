@@ -20,16 +20,11 @@ from optuna.trial import TrialState
 
 from search.report.dashboard import finished_frame, reference_for, write_dashboard
 from search.report.dashboard import main as dashboard_main
-from search.report.tables import ReferencePoint, front_trials, hypervolume_history, open_study_dir
+from search.report.tables import ReferencePoint, StudyFolderError, front_trials, hypervolume_history, open_study_dir
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium (apt-get install chromium)")
-
-
-@pytest.fixture(scope="module")
-def study(study_dir: Path) -> optuna.Study:
-    return open_study_dir(study_dir)
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +127,15 @@ def test_hypervolume_reference_comes_from_the_study(study, study_dir: Path):
     history = hypervolume_history(study, ReferencePoint(latency_ms=2 * slowest))
     assert list(history["number"]) == [t.number for t in study.get_trials(states=(TrialState.COMPLETE,))]
     assert history["hypervolume"].is_monotonic_increasing and 0.0 < history["hypervolume"].iloc[-1] < 1.0
+
+
+def test_a_folder_without_its_own_reference_reads_the_space_from_config_yaml(tiny_space: Path, tmp_path: Path):
+    study = optuna.create_study(directions=["maximize", "minimize"])  # no trials, no recorded reference
+    (tmp_path / "config.yaml").write_text(f"space: {tiny_space}\n")
+    assert reference_for(tmp_path, study) == ReferencePoint(latency_ms=50.0)  # the tiny spec's report section
+    (tmp_path / "config.yaml").write_text("space: &s paper\nother: *s\n")  # read as strictly as any spec
+    with pytest.raises(StudyFolderError, match=r"config.yaml: line 1, column 8: YAML anchors"):
+        reference_for(tmp_path, study)
 
 
 def test_command_line_rerenders_from_storage(study_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture):

@@ -29,13 +29,6 @@ def no_env_data(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def cifar():
-    if not SHARED_NPZ.is_file():
-        pytest.skip(f"CIFAR-10 not at {SHARED_NPZ}")
-    return load_dataset("cifar10")
-
-
-@pytest.fixture(scope="module")
 def cifar_slice():
     """600 train and 200 test images of the real npz, in its NHWC layout."""
     if not SHARED_NPZ.is_file():
@@ -60,7 +53,6 @@ def write_batches_dir(directory: Path, arrays: dict) -> Path:
 
 
 # ---------------------------------------------------------------------------- loaders
-@needs_cifar
 def test_shared_npz_loads_whole_dataset_as_uint8_nchw(cifar):
     assert cifar.source == SHARED_NPZ.resolve()
     assert cifar.x_train.shape == (50000, 3, 32, 32) and cifar.x_train.dtype == torch.uint8
@@ -177,7 +169,6 @@ def test_missing_data_error_says_where_it_looked_and_how_to_get_it(tmp_path, mon
 
 
 # ---------------------------------------------------------------------------- splitting
-@needs_cifar
 def test_stratified_split_is_deterministic_disjoint_and_balanced(cifar):
     train, val = stratified_split(cifar.y_train, train_size=5000, val_size=2000, seed=0)
     again_train, again_val = stratified_split(cifar.y_train, train_size=5000, val_size=2000, seed=0)
@@ -202,7 +193,6 @@ def test_stratified_split_of_unbalanced_labels_and_impossible_requests():
         stratified_split(labels, train_per_class=9, val_size=20, seed=0)
 
 
-@needs_cifar
 def test_search_split_never_touches_test_and_final_split_does(cifar):
     split = make_split(cifar, train_size=1000, val_size=500, seed=0)
     train_idx, val_idx = stratified_split(cifar.y_train, train_size=1000, val_size=500, seed=0)
@@ -214,7 +204,6 @@ def test_search_split_never_touches_test_and_final_split_does(cifar):
 
 
 # ---------------------------------------------------------------------------- augmentation
-@needs_cifar
 def test_random_crop_flip_is_a_shifted_possibly_mirrored_window(cifar):
     images = cifar.x_train[:16]
     out = random_crop_flip(images, torch.Generator().manual_seed(0))
@@ -231,7 +220,6 @@ def test_random_crop_flip_is_a_shifted_possibly_mirrored_window(cifar):
     assert 2 <= flips <= 14  # about half are mirrored
 
 
-@needs_cifar
 def test_normalizer_standardises_the_training_images(cifar):
     split = make_split(cifar, train_size=2000, val_size=100, seed=0)
     x = Normalizer(split.mean, split.std)(split.x_train, torch.channels_last)

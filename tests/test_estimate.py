@@ -1,13 +1,11 @@
 """Accuracy estimates: binomial scoring error, combined replicates, replicate seeds."""
 from __future__ import annotations
 
-import math
-import statistics
 from dataclasses import dataclass
 
 import pytest
 
-from search.measure.estimate import AccuracyEstimate, binomial_se, combine_replicates, replicate_seed
+from search.measure.estimate import binomial_se, combine_replicates, replicate_seed
 
 
 @dataclass(frozen=True)
@@ -30,17 +28,20 @@ def test_binomial_se_is_sqrt_p_q_over_n():
 
 def test_one_replicate_carries_the_binomial_error_only():
     estimate = combine_replicates([Rep(0.49, seed=0)])
-    assert estimate == AccuracyEstimate(0.49, binomial_se(0.49, 2000), 1, None, binomial_se(0.49, 2000))
+    se = 0.0111781  # sqrt(0.49 * 0.51 / 2000)
+    assert estimate.mean == 0.49 and estimate.n == 1 and estimate.seed_sd is None
+    assert estimate.se == pytest.approx(se, abs=1e-7) and estimate.val_se == pytest.approx(se, abs=1e-7)
 
 
 def test_several_replicates_add_the_seed_spread_in_quadrature():
     accs = [0.515, 0.484, 0.470]  # C1's three seeds, from issue 12
     estimate = combine_replicates([Rep(a, seed=k) for k, a in enumerate(accs)])
-    mean, sd = statistics.fmean(accs), statistics.stdev(accs)
-    assert estimate.n == 3 and estimate.mean == pytest.approx(mean)
-    assert estimate.seed_sd == pytest.approx(sd, rel=1e-9)
-    assert estimate.val_se == pytest.approx(binomial_se(mean, 2000))
-    assert estimate.se == pytest.approx(math.sqrt(sd**2 / 3 + binomial_se(mean, 2000) ** 2))
+    # By hand: mean 1.469 / 3; sample SD sqrt(sum of squared deviations / 2); the binomial part
+    # sqrt(mean * (1 - mean) / 2000); the two added in quadrature, the seed part over 3 seeds.
+    assert estimate.n == 3 and estimate.mean == pytest.approx(0.4896667, abs=1e-7)
+    assert estimate.seed_sd == pytest.approx(0.0230290, abs=1e-7)
+    assert estimate.val_se == pytest.approx(0.0111780, abs=1e-7)
+    assert estimate.se == pytest.approx(0.0173702, abs=1e-7)  # sqrt(0.0230290**2 / 3 + 0.0111780**2)
     # more seeds shrink the seed part but never below the shared slice's error
     many = combine_replicates([Rep(a, seed=k) for k, a in enumerate(accs * 10)])
     assert estimate.val_se < many.se < estimate.se

@@ -29,11 +29,6 @@ from search.report.tables import front_trials, open_study_dir
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def study(study_dir: Path) -> optuna.Study:
-    return open_study_dir(study_dir)
-
-
 @pytest.fixture(autouse=True)
 def no_user_zoo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep every test away from the real user zoo and from a zoo folder set outside."""

@@ -40,6 +40,7 @@ def _no_running(study: optuna.Study) -> None:
     assert TrialState.RUNNING not in {t.state for t in study.trials}
 
 
+@pytest.mark.slow
 def test_sigterm_stops_like_ctrl_c_and_the_rerun_resumes(tiny_space: Path, tmp_path: Path):
     args = [f"space={tiny_space}", "executor=inline", "search.n_trials=3", *TINY]
     proc = _start(args, tmp_path)
@@ -57,6 +58,7 @@ def test_sigterm_stops_like_ctrl_c_and_the_rerun_resumes(tiny_space: Path, tmp_p
     _no_running(study)
 
 
+@pytest.mark.slow
 def test_driver_killed_then_rerun_at_once_leaves_nothing_running(tiny_space: Path, tmp_path: Path):
     args = [f"space={tiny_space}", "executor=inline", "search.n_trials=3", *TINY]
     proc = _start(args, tmp_path)
@@ -74,6 +76,7 @@ def test_driver_killed_then_rerun_at_once_leaves_nothing_running(tiny_space: Pat
         {"CC-CCCT-CCTT-CTTT", "CC-CCCC-CCTT-TTTT"}
 
 
+@pytest.mark.slow
 def test_a_second_driver_is_refused_naming_the_first(tiny_space: Path, tmp_path: Path):
     folder = tmp_path / "tiny-cifar10-smoke-s0"
     folder.mkdir()
@@ -97,6 +100,7 @@ def test_a_second_driver_is_refused_naming_the_first(tiny_space: Path, tmp_path:
     lock.release()
 
 
+@pytest.mark.slow
 def test_a_corrupt_profile_cache_is_one_line_and_creates_nothing(tiny_space: Path, tmp_path: Path):
     cache = tmp_path / "cache.sqlite"
     cache.write_bytes(b"this is not an SQLite database" * 100)
@@ -170,6 +174,7 @@ def test_two_node_search_survives_a_lost_node_and_a_lost_cluster(tiny_space: Pat
     _no_running(study)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, message", [
     (["search.objectives=[accuracy,latency,params]"], "search.objectives"),
     (["profile.min_time_s=0.5"], "measured latency with other settings (min_time_s"),

@@ -24,8 +24,11 @@ def package_copy(tmp_path: Path) -> Path:
     return copy
 
 
-def test_code_hash_covers_the_imported_package():
-    assert _ascan_code_hash() == _ascan_code_hash(PACKAGE)
+def test_code_hash_reads_the_imported_package_by_content(package_copy: Path):
+    # A copy elsewhere hashes alike (paths are relative); a package with other code does not.
+    assert _ascan_code_hash() == _ascan_code_hash(package_copy)
+    (package_copy / "blocks.py").unlink()
+    assert _ascan_code_hash() != _ascan_code_hash(package_copy)
 
 
 @pytest.mark.parametrize("name", ["fused.py", "blocks.py", "model.py", "config.py", "zoo/__init__.py", "new_block.py"])

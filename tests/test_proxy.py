@@ -8,24 +8,16 @@ import pytest
 import torch
 
 from ascan import ArchConfig
-from search.measure import data as data_mod
-from search.measure.data import load_dataset, make_split
+from search.measure.data import make_split
 from search.measure.estimate import binomial_se, combine_replicates, replicate_seed
 from search.measure.proxy import PRESETS, ProxySettings, evaluate, preset, train_proxy, warmup_cosine
 
-SHARED_NPZ = data_mod.project_data_dir() / "cifar10.npz"
-pytestmark = pytest.mark.skipif(not SHARED_NPZ.is_file(), reason=f"CIFAR-10 not at {SHARED_NPZ}")
 
 # The space's proxy of the paper's C1 layout, and a much smaller one for the quick checks.
 C1_PROXY = ArchConfig(layouts=("CC", "CCCT", "CCTT", "CTTT"), widths=(16, 32, 64, 128), stem_width=16,
                       stem_stride=1, head_width=256, head_dim=16, img_size=32, num_classes=10)
 TINY = ArchConfig(layouts=("C", "C", "CT", "T"), widths=(16, 16, 32, 32), stem_width=16, stem_stride=1,
                   head_width=64, head_dim=8, img_size=32, num_classes=10)
-
-
-@pytest.fixture(scope="module")
-def cifar():
-    return load_dataset("cifar10", root=SHARED_NPZ.parent)
 
 
 @pytest.fixture(scope="module")

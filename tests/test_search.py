@@ -26,6 +26,7 @@ from search.app.settings import parse_args
 from studies import FAST, REPO, cli, complete, load
 
 
+@pytest.mark.slow
 def test_inline_study_completes_and_csv_matches_storage(tiny_space: Path, tmp_path: Path):
     results = tmp_path / "results"
     proc = cli(f"space={tiny_space}", "executor=inline", "search.n_trials=3", *FAST, results=results)
@@ -63,6 +64,7 @@ def test_inline_study_completes_and_csv_matches_storage(tiny_space: Path, tmp_pa
     assert all(datetime.fromisoformat(c) for c in csv["datetime_complete"].dropna())
 
 
+@pytest.mark.slow
 def test_duplicates_reused_and_over_budget_not_trained(tiny_space: Path, tmp_path: Path):
     results = tmp_path / "results"
     # Eight trials over four layouts must repeat some. The MACs ceiling admits the two
@@ -89,6 +91,7 @@ def test_duplicates_reused_and_over_budget_not_trained(tiny_space: Path, tmp_pat
     assert all(t not in infeasible for t in study.best_trials)
 
 
+@pytest.mark.slow
 def test_interrupt_then_rerun_resumes_to_exactly_n_trials(tiny_space: Path, tmp_path: Path):
     results = tmp_path / "results"
     args = [sys.executable, str(REPO / "run_search.py"), f"space={tiny_space}", "executor=inline",
@@ -119,6 +122,7 @@ def test_interrupt_then_rerun_resumes_to_exactly_n_trials(tiny_space: Path, tmp_
     assert [t.number for t in complete(study)][:first] == [t.number for t in complete(study)[:first]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["space=hybrid", "serch.n_trials=3"], "'serch.n_trials': unknown key (did you mean search.n_trials"),
     (["space=hybrid", "search.n_trials=many"], "search.n_trials"),
@@ -134,6 +138,7 @@ def test_bad_overrides_are_one_line_errors(args, message, tmp_path: Path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_help_lists_every_key(tmp_path: Path):
     proc = subprocess.run([sys.executable, str(REPO / "run_search.py"), "help"], capture_output=True, text=True,
                           cwd=REPO, timeout=60)

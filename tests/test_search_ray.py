@@ -9,9 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from optuna.trial import TrialState
 
 from studies import FAST, REPO, complete, load
+
+pytestmark = pytest.mark.slow  # starts a Ray cluster
 
 
 def _training_workers() -> list[int]:

@@ -22,22 +22,13 @@ from ascan.blocks import T_BLOCK_TYPES
 from ascan.fused import CachedOutput, FusedConv, FusedLinear
 from search.measure.data import project_data_dir
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 CIFAR = project_data_dir() / "cifar10.npz"
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
 # Every block kind: each C block, a stage that opens with T (StageDownsample), T in three stages,
 # and a stage with T before C.
 SMALL = dict(layouts=("CC", "TT", "TTCC", "CT"), widths=(16, 32, 64, 128), stem_width=16, head_width=64,
              head_dim=16, img_size=64, num_classes=10)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared machine every op of a small model otherwise waits for a
-    second, descheduled thread (~10 ms per op); results do not depend on the thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -16,20 +16,13 @@ from ascan.config import C_BLOCKS, T_BLOCKS
 from ascan.zoo import ZOO_CONFIGS, register_zoo_file
 from search.measure.macs import analytic_macs, count_macs
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 NEW_T_BLOCKS = ("multi_axis", "hierarchical")
 # The search's proxy (32 px, stem stride 1: stage maps 16/8/4/2, so windows of 7 are padded) and
 # a narrow target at 224 px (stage maps 56/28/14/7: windows divide them).
 PROXY = dict(widths=(16, 32, 64, 128), stem_width=16, head_width=192, head_dim=16, img_size=32, stem_stride=1,
              num_classes=10)
 TARGET = dict(widths=(16, 32, 64, 128), stem_width=16, head_width=64, head_dim=16, img_size=224, num_classes=10)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_registries_match_the_config_names():

@@ -23,12 +23,10 @@ from typing import Sequence
 import optuna
 import pandas as pd
 import plotly.graph_objects as go
-import plotly.io as pio
-import yaml
-from plotly.offline import get_plotlyjs
 
 from search.engine.objectives import OBJECTIVES, Objective
 from search.engine.record import TrialRecord
+from search.report import page
 from search.report.files import write_atomically
 from search.report.tables import (ReferencePoint, StudyFolderError, c1_reference, front_frame, front_trials, hypervolume_history,
                      objective_names, open_study_dir, study_reference, trials_frame)
@@ -39,7 +37,6 @@ OTHER_COLOUR = "#7a7a7a"
 MUTED_GREY = "#b0b0b0"
 GROUPS = ("front", "dominated", "infeasible", "not timed")
 PLOT_IDS = ("pareto", "hypervolume", "macs-latency", "t-placement")
-PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 REFERENCE_NAMES = {"-".join(PAPER_C1): "paper's C1", "-".join(PAPER_SYMMETRIC): "paper's symmetric example"}
 P90 = Objective("latency_p90", "minimize", "latency_p90_ms", "p90 (ms)")  # a column, not an objective
 # What the plots read; a study made by hand may lack some (then they are blank, not errors).
@@ -272,17 +269,15 @@ def render_dashboard(study: optuna.Study, reference: ReferencePoint, study_dir: 
     history = hypervolume_history(study, reference)
     figures = [pareto_figure(frame), hypervolume_figure(history, reference), macs_latency_figure(frame),
                t_placement_figure(frame)] if len(frame) else []
-    plots = "".join(
-        '<section class="plot">' + pio.to_html(fig.update_layout(template="plotly_white", height=520), full_html=False,
-                                               include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG,
-                                               post_script="ascanRendered('{plot_id}');") + "</section>"
-        for div_id, fig in zip(PLOT_IDS, figures))
+    plots = "".join(f'<section class="plot">{page.plot(fig, div_id, height=520)}</section>'
+                    for div_id, fig in zip(PLOT_IDS, figures))
     space = "".join(c if c.isalnum() else "_" for c in str(study.user_attrs.get("space", "net"))).lower()
     folder = study_dir or f"results/{study.study_name}"
     hint = f"python -m search.export {folder} --trial {{trial}} --name ascan_{space}_t{{trial}}"
+    title = html.escape(f"AsCAN search: {study.study_name}")
     return PAGE.format(
-        title=html.escape(f"AsCAN search: {study.study_name}"), plotlyjs=get_plotlyjs(), n_plots=len(figures),
-        finished=len(frame), summary=_summary(study, frame, history, reference),
+        head=page.head(title, len(figures), STYLE, when_all_rendered=WHEN_ALL_RENDERED), title=title,
+        n_plots=len(figures), finished=len(frame), summary=_summary(study, frame, history, reference),
         plots=plots or "<p>No finished trial yet.</p>",
         table=front_table(_front_rows(study, frame), objective_names(study), hint))
 
@@ -297,8 +292,7 @@ def _front_rows(study: optuna.Study, frame: pd.DataFrame) -> pd.DataFrame:
 def write_dashboard(study: optuna.Study, path: Path, reference: ReferencePoint) -> Path:
     """Write the dashboard of `study` to `path` (atomically: a reader never sees half a page)."""
     path = Path(path)
-    page = render_dashboard(study, reference, study_dir=path.parent)
-    return write_atomically(path, page)
+    return write_atomically(path, render_dashboard(study, reference, study_dir=path.parent))
 
 
 # ----------------------------------------------------------------- reading a study folder
@@ -310,10 +304,14 @@ def reference_for(folder: Path, study: optuna.Study, latency_ms: float | None = 
         return ReferencePoint(latency_ms=latency_ms)
     if "hv_reference_latency_ms" in study.user_attrs or c1_reference(study) is not None:
         return study_reference(study, ReferencePoint(latency_ms=math.inf))
-    from search.space.space import SpecError, load_space  # only the command line needs to read specs
+    from search.space import safe_yaml  # only the command line needs to read specs
+    from search.space.space import SpecError, load_space
 
     config = Path(folder) / "config.yaml"
-    settings = yaml.safe_load(config.read_text()) if config.is_file() else None
+    try:
+        settings = safe_yaml.load(config.read_bytes()) if config.is_file() else None
+    except safe_yaml.YamlError as err:
+        raise StudyFolderError(f"{config}: {err}") from None
     recorded = settings.get("space") if isinstance(settings, dict) else None
     for name in filter(None, (recorded, study.user_attrs.get("space"))):
         try:
@@ -342,31 +340,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; }}
-#summary {{ display: flex; flex-wrap: wrap; gap: .4em 1.6em; margin-bottom: 1em; }}
-#summary div {{ display: flex; flex-direction: column; }} #summary span {{ font-size: .75em; color: #666; }}
-.plot {{ margin: 1em 0; border-top: 1px solid #eee; }}
-table {{ border-collapse: collapse; width: 100%; font-size: .9em; }}
-th, td {{ padding: .3em .6em; border-bottom: 1px solid #ddd; text-align: left; }}
-th {{ cursor: pointer; background: #f5f5f5; user-select: none; }} th.asc::after {{ content: " \\25B2"; }}
-th.desc::after {{ content: " \\25BC"; }} code.copy {{ cursor: copy; background: #f3f3f3; padding: .1em .3em; }}
-code.copied {{ background: #cde8cd; }} td:nth-child(2) code {{ white-space: nowrap; }}
-.hint {{ color: #666; font-size: .8em; }}
-</style>
-<script>{plotlyjs}</script>
-<script>
-var ascanPlots = {{expected: {n_plots}, rendered: 0}};
-function ascanRendered(id) {{
-  ascanPlots.rendered += 1;
-  if (ascanPlots.rendered < ascanPlots.expected) return;
-  var points = document.querySelectorAll('#pareto .scatterlayer path.point').length;
-  document.body.setAttribute('data-plots-rendered', ascanPlots.rendered);
-  document.body.setAttribute('data-plotted-trials', points);
-}}
-</script></head>
+STYLE = """#summary { display: flex; flex-wrap: wrap; gap: .4em 1.6em; margin-bottom: 1em; }
+#summary div { display: flex; flex-direction: column; } #summary span { font-size: .75em; color: #666; }
+.plot { margin: 1em 0; border-top: 1px solid #eee; }
+table { border-collapse: collapse; width: 100%; font-size: .9em; }
+th, td { padding: .3em .6em; border-bottom: 1px solid #ddd; text-align: left; }
+th { cursor: pointer; background: #f5f5f5; user-select: none; } th.asc::after { content: " \\25B2"; }
+th.desc::after { content: " \\25BC"; } code.copy { cursor: copy; background: #f3f3f3; padding: .1em .3em; }
+code.copied { background: #cde8cd; } td:nth-child(2) code { white-space: nowrap; }"""
+WHEN_ALL_RENDERED = """  document.body.setAttribute('data-plotted-trials',
+                             document.querySelectorAll('#pareto .scatterlayer path.point').length);"""
+PAGE = """{head}
 <body data-finished-trials="{finished}" data-plots-expected="{n_plots}">
 <h1>{title}</h1>
 <div id="summary">{summary}</div>

@@ -47,13 +47,13 @@ import numpy as np
 import optuna
 import pandas as pd
 import plotly.graph_objects as go
-import plotly.io as pio
 from optuna.trial import TrialState
-from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 from scipy import stats
 
-from search.report.dashboard import FAMILY_COLOURS, OTHER_COLOUR, PLOT_CONFIG, reference_for
+from search.report import page
+from search.report.files import write_atomically
+from search.report.dashboard import FAMILY_COLOURS, OTHER_COLOUR, reference_for
 from search.engine.record import TrialRecord
 from search.report.files import write_atomically
 from search.engine.replicates import LatencyHistory, ReplicateStore
@@ -759,9 +759,7 @@ def render_html(report: Report) -> str:
                 body += f"<p><b>What would decide it:</b> {html.escape(f.decide)}.</p>"
             if f.figure is not None:
                 n_plots += 1
-                body += pio.to_html(f.figure.update_layout(template="plotly_white", height=460), full_html=False,
-                                    include_plotlyjs=False, div_id=f"claim-{f.key}-{i}", config=PLOT_CONFIG,
-                                    post_script="ascanRendered('{plot_id}');")
+                body += page.plot(f.figure, f"claim-{f.key}-{i}", height=460)
             if f.table is not None and len(f.table):
                 body += f.table.to_html(index=False, border=0, classes="evidence")
             sections.append(f'<section id="finding-{f.key}-{i}" data-verdict="{html.escape(f.verdict)}">'
@@ -773,7 +771,8 @@ def render_html(report: Report) -> str:
     recommendation = html.escape(report.recommendation.text) + (
         f"<pre>{html.escape(report.recommendation.command)}</pre>" if report.recommendation.command else "")
     studies = ", ".join(html.escape(f"{folder} ({study.study_name})") for folder, study in report.studies)
-    return PAGE.format(plotlyjs=get_plotlyjs(), n_plots=n_plots, studies=studies, draws=report.draws, seed=report.seed,
+    return PAGE.format(head=page.head("AsCAN: the paper's findings, checked", n_plots, STYLE), n_plots=n_plots,
+                       studies=studies, draws=report.draws, seed=report.seed,
                        summary=summary, recommendation=recommendation, sections="".join(sections),
                        differences=f"<h3>Verdicts that differ between devices</h3><ul>{differences}</ul>"
                        if differences else "",
@@ -823,24 +822,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>AsCAN: the paper's findings, checked</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; }}
-.verdict {{ color: white; padding: .1em .5em; border-radius: .3em; font-size: .85em; white-space: nowrap; }}
-table {{ border-collapse: collapse; font-size: .85em; margin: .5em 0; }}
-th, td {{ padding: .25em .6em; border-bottom: 1px solid #ddd; text-align: left; }}
-section {{ border-top: 1px solid #eee; margin-top: 1em; }} pre {{ background: #f3f3f3; padding: .5em; }}
-.hint {{ color: #666; font-size: .8em; }}
-</style>
-<script>{plotlyjs}</script>
-<script>
-var ascanPlots = {{expected: {n_plots}, rendered: 0}};
-function ascanRendered(id) {{
-  ascanPlots.rendered += 1;
-  document.body.setAttribute('data-plots-rendered', ascanPlots.rendered);
-}}
-</script></head>
+STYLE = """.verdict { color: white; padding: .1em .5em; border-radius: .3em; font-size: .85em; white-space: nowrap; }
+table { border-collapse: collapse; font-size: .85em; margin: .5em 0; }
+th, td { padding: .25em .6em; border-bottom: 1px solid #ddd; text-align: left; }
+section { border-top: 1px solid #eee; margin-top: 1em; } pre { background: #f3f3f3; padding: .5em; }"""
+PAGE = """{head}
 <body data-plots-expected="{n_plots}">
 <h1>AsCAN: the paper's findings, checked on this hardware</h1>
 <p>Studies: {studies}. Verdicts are computed from the numbers shown (bootstrap: {draws} draws, seed {seed}).
