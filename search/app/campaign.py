@@ -34,7 +34,7 @@ from search.engine.record import REUSED, TrialRecord
 from search.engine.refine import RefineSettings, Refiner, candidates, in_doubt, reprofile
 from search.engine.replicates import ReplicateStore
 from search.report.tables import (HV_LATENCY_MULTIPLE, ReferencePoint, c1_reference, front_frame, front_trials, format_front,
-                     hypervolume, study_reference, write_trials_csv)
+                     hypervolume, latency_warning, study_reference, write_trials_csv)
 from search.app.settings import RunSettings, SettingsError, check_study_name, to_yaml
 from search.space.space import SearchSpace, SpecError, describe, load_space
 from search.space.spec import Budget
@@ -417,6 +417,8 @@ class Campaign:
             "Pareto front (feasible):", format_front(front_frame(study))]
         if not interrupted and (time_line := self.time_line()):
             lines.append(time_line)
+        if not interrupted and (warning := latency_warning(study)):
+            lines.append(warning)
         lines += ["", f"dashboard: {dashboard}", f"trials:    {csv}", f"storage:   {self.storage_url}",
                   f"config:    {self.folder / 'config.yaml'}"]
         text = "\n".join(lines)
