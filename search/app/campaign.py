@@ -23,6 +23,7 @@ import optuna
 from ascan import ArchConfig
 
 from search.report.dashboard import write_dashboard
+from search.report.files import write_atomically
 from search.measure.data import DataError, load_dataset, stratified_split
 from search.engine.driver import Driver, DriverSettings, Status
 from search.engine.executor import ClusterError, InlineExecutor, RayExecutor
@@ -273,7 +274,7 @@ class Campaign:
             self.folder.mkdir(parents=True, exist_ok=True)
             with StudyLock(self.folder), self.stop:
                 self.study = self.open_study()
-                (self.folder / "config.yaml").write_text(to_yaml(self.settings))
+                write_atomically(self.folder / "config.yaml", to_yaml(self.settings))
                 self._drive(self.study, executor)
         except StudyLocked as err:
             raise BadInput(str(err)) from None
