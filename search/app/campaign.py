@@ -80,7 +80,7 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(url[len(prefix):]) if url.startswith(prefix) and url != prefix + ":memory:" else None
 
 
-def check_storage_file(url: str, shown: Path) -> None:
+def check_storage_file(url: str, shown: Path | str) -> None:
     """A SQLite study file that exists must be a sound database: a truncated or overwritten
     one would otherwise surface later as a long SQLAlchemy traceback. One line, `BadInput`."""
     path = _sqlite_file(url)
@@ -88,7 +88,8 @@ def check_storage_file(url: str, shown: Path) -> None:
         return
     problem = ""
     try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        # Read-write, like Optuna: a hot journal left by a killed driver is rolled back, not an error.
+        with closing(sqlite3.connect(path)) as conn:
             verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
             problem = "" if verdict == "ok" else verdict
     except sqlite3.Error as err:
@@ -227,8 +228,7 @@ class Campaign:
     def open_study(self) -> optuna.Study:
         s = self.settings.search
         parallel = self.settings.executor == "ray"
-        shown = self.folder / "study.db" if not s.storage else _sqlite_file(self.storage_url)
-        check_storage_file(self.storage_url, shown)
+        check_storage_file(self.storage_url, self.storage_file())
         try:
             study, self.storage = open_study(self.study_name, self.storage_url, s.objectives,
                                              make_sampler(s.sampler, s.seed, parallel), s.max_retries)
