@@ -27,10 +27,10 @@ EXIT_INTERRUPTED = 130
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from search.app.settings import SettingsError, help_text, parse_sweep, validate
     from search.app.streams import outlive_closed_output
 
-    outlive_closed_output()  # `| head -1` or a dropped terminal: the search goes on
+    outlive_closed_output()  # `| head -1`, a dropped terminal: the run goes on (first: a logger keeps its stream)
+    from search.app.settings import SettingsError, help_text, parse_sweep, validate
 
     if not argv or argv[0] in ("help", "-h", "--help"):
         print(help_text())

@@ -214,25 +214,44 @@ def _check_resumes(args: list[str], results: Path, n: int) -> None:
     assert not _leftovers(results)
 
 
+FULL_AT = 3 << 20  # bytes: room for a study, not for its dashboard (the page embeds plotly.js, ~4.6 MB)
+
+
 @pytest.fixture()
 def small_disk(tmp_path: Path):
-    """A real 3 MB file system (tmpfs; needs root): room for a study, not for its dashboard
-    (the page embeds plotly.js, about 4.6 MB). Yields a function that makes it roomy again."""
+    """A results folder that fills up at `FULL_AT` bytes: a real tmpfs of that size where
+    this user may mount one (root), else a file-size limit (`ulimit -f`, EFBIG) on the run.
+    Yields (folder, the run's preexec_fn, a function that makes room again)."""
+    import resource
+
     mount = tmp_path / "disk"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (not root)")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={FULL_AT}", "tmpfs", str(mount)],
+                             capture_output=True).returncode == 0
+    limit = {"on": not mounted}
+
+    def preexec() -> None:
+        if limit["on"]:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (FULL_AT, FULL_AT))
+
+    def make_room() -> None:
+        limit["on"] = False
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
     try:
-        yield mount, lambda: subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
+        yield mount, preexec, make_room
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+        if mounted:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.slow
 def test_a_full_disk_is_one_line_exit_1_and_the_rerun_resumes(tiny_space: Path, small_disk):
-    results, make_room = small_disk
+    results, preexec, make_room = small_disk
     args = [f"space={tiny_space}", "executor=inline", "search.n_trials=2", *TINY]
-    proc = cli(*args, results=results, check=False, timeout=900)
+    proc = subprocess.run([sys.executable, str(REPO / "run_search.py"), *args, f"results_dir={results}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=900, preexec_fn=preexec,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 1, proc.stderr[-3000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: disk full writing ") and "dashboard.html" in lines[0], \

@@ -30,7 +30,8 @@ def _study(rows: list[dict], constraints: list[float] | None = None) -> optuna.S
         record = TrialRecord(layout=row.get("layout", f"L{i}"), arch_hash=f"h{i}", trained=row.get("trained", True),
                              accuracy=row["acc"], latency_ms=row["lat"], val_count=2000, proxy_seed=0,
                              latency_ci_low_ms=row.get("ci", (None, None))[0],
-                             latency_ci_high_ms=row.get("ci", (None, None))[1])
+                             latency_ci_high_ms=row.get("ci", (None, None))[1],
+                             latency_contamination=row.get("flag"), t_per_stage=row.get("t_per_stage", ""))
         study.add_trial(create_trial(
             state=row.get("state", TrialState.COMPLETE), values=[row["acc"], row["lat"]] if "state" not in row else None,
             params={"layout": record.layout}, distributions={"layout": CategoricalDistribution([record.layout])},
@@ -217,3 +218,19 @@ def test_contaminated_reprofile_never_replaces_a_clean_latency(tmp_path: Path):
     for trial in complete(study):
         arch = TrialRecord.load(trial).arch_hash
         assert front.loc[trial.number, "latency_ms"] == history.history(arch)[-1]["latency_ms"]
+
+
+def test_a_study_whose_latencies_are_all_flagged_says_so_in_one_line_and_on_the_dashboard():
+    from search.report.dashboard import render_dashboard
+    from search.report.tables import ReferencePoint, latency_warning
+
+    busy = "other processes used 1.14 CPU cores"
+    study = _study([{"acc": 0.6, "lat": 110.0}, {"acc": 0.7, "lat": 48.0, "flag": busy}])
+    assert latency_warning(study) == ""  # one clean latency: the front is not all noise
+    LatencyHistory(study).add("h0", {"latency_ms": 120.0, "contamination": busy})
+    assert latency_warning(study) == ""  # h0's clean first measurement still counts
+    study = _study([{"acc": 0.6, "lat": 110.0, "flag": busy, "t_per_stage": "0-1-2-3"},
+                    {"acc": 0.7, "lat": 48.0, "flag": "steal time 10.8%", "t_per_stage": "0-0-2-4"}])
+    warning = latency_warning(study)
+    assert "\n" not in warning and "all 2 latencies" in warning and "profile.clock=cpu" in warning
+    assert "quieter hardware" in render_dashboard(study, ReferencePoint(latency_ms=500.0))

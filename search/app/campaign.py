@@ -23,6 +23,7 @@ import optuna
 from ascan import ArchConfig
 
 from search.report.dashboard import write_dashboard
+from search.report.files import write_atomically
 from search.measure.data import DataError, load_dataset, stratified_split
 from search.engine.driver import DriverSettings, Status
 from search.engine.executor import ClusterError, InlineExecutor, RayExecutor
@@ -35,7 +36,7 @@ from search.engine.phases import DEFAULT_PHASES, Context, Phase
 from search.engine.refine import RefineSettings
 from search.measure.evaluator import ProxyEvaluator
 from search.report.tables import (HV_LATENCY_MULTIPLE, ReferencePoint, c1_reference, front_frame, front_trials, format_front,
-                     hypervolume, study_reference, write_trials_csv)
+                     hypervolume, latency_warning, study_reference, write_trials_csv)
 from search.app.settings import RunSettings, SettingsError, check_study_name, to_yaml
 from search.space.space import SearchSpace, SpecError, describe, load_space
 from search.space.spec import Budget
@@ -80,7 +81,7 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(url[len(prefix):]) if url.startswith(prefix) and url != prefix + ":memory:" else None
 
 
-def check_storage_file(url: str, shown: Path) -> None:
+def check_storage_file(url: str, shown: Path | str) -> None:
     """A SQLite study file that exists must be a sound database: a truncated or overwritten
     one would otherwise surface later as a long SQLAlchemy traceback. One line, `BadInput`."""
     path = _sqlite_file(url)
@@ -88,7 +89,8 @@ def check_storage_file(url: str, shown: Path) -> None:
         return
     problem = ""
     try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        # Read-write, like Optuna: a hot journal left by a killed driver is rolled back, not an error.
+        with closing(sqlite3.connect(path)) as conn:
             verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
             problem = "" if verdict == "ok" else verdict
     except sqlite3.Error as err:
@@ -229,8 +231,7 @@ class Campaign:
     def open_study(self) -> optuna.Study:
         s = self.settings.search
         parallel = self.settings.executor == "ray"
-        shown = self.folder / "study.db" if not s.storage else _sqlite_file(self.storage_url)
-        check_storage_file(self.storage_url, shown)
+        check_storage_file(self.storage_url, self.storage_file())
         try:
             study, self.storage = open_study(self.study_name, self.storage_url, s.objectives,
                                              make_sampler(s.sampler, s.seed, parallel), s.max_retries)
@@ -277,7 +278,7 @@ class Campaign:
             self.folder.mkdir(parents=True, exist_ok=True)
             with StudyLock(self.folder), self.stop:
                 self.study = self.open_study()
-                (self.folder / "config.yaml").write_text(to_yaml(self.settings))
+                write_atomically(self.folder / "config.yaml", to_yaml(self.settings))
                 self._drive(self.study, executor)
         except StudyLocked as err:
             raise BadInput(str(err)) from None
@@ -385,6 +386,8 @@ class Campaign:
             "Pareto front (feasible):", format_front(front_frame(study))]
         if not interrupted and (time_line := self.time_line()):
             lines.append(time_line)
+        if not interrupted and (warning := latency_warning(study)):
+            lines.append(warning)
         lines += ["", f"dashboard: {dashboard}", f"trials:    {csv}", f"storage:   {self.storage_url}",
                   f"config:    {self.folder / 'config.yaml'}"]
         text = "\n".join(lines)

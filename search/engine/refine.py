@@ -46,8 +46,9 @@ class Candidate:
 def candidates(study: optuna.Study, store: ReplicateStore) -> list[Candidate]:
     """Trained, feasible, finished architectures (one trial each) with their estimates."""
     seen: dict[str, Candidate] = {}
+    latencies = LatencyHistory(study)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        record = TrialRecord.load(trial)
+        record = latencies.preferred(TrialRecord.load(trial))  # the latency the report shows
         if record.reused_from is not None or record.arch_hash in seen or record.latency_ms is None:
             continue
         if any(v > 0 for v in trial.constraints.values()):

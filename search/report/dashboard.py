@@ -29,7 +29,7 @@ from search.engine.record import TrialRecord
 from search.report import page
 from search.report.files import write_atomically
 from search.report.tables import (ReferencePoint, StudyFolderError, c1_reference, front_frame, front_trials, hypervolume_history,
-                     objective_names, open_study_dir, study_reference, trials_frame)
+                     latency_warning, objective_names, open_study_dir, study_reference, trials_frame)
 from search.space.space import PAPER_C1, PAPER_SYMMETRIC
 
 FAMILY_COLOURS = {"asymmetric": "#d1495b", "symmetric": "#2e86ab"}
@@ -259,6 +259,7 @@ def _summary(study: optuna.Study, frame: pd.DataFrame, history: pd.DataFrame, re
         "hypervolume": f"{history['hypervolume'].iloc[-1]:.4f}" if len(history) else "0",
         "HV reference latency": f"{reference.latency_ms:.1f} ms ({study.user_attrs.get('hv_reference', 'as given')})",
         "latency measured on": device or "?",
+        **({"latency warning": warning} if (warning := latency_warning(study)) else {}),
         "rendered": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     return "".join(f"<div><span>{html.escape(k)}</span><b>{html.escape(str(v))}</b></div>" for k, v in facts.items())

@@ -135,6 +135,23 @@ def write_trials_csv(study: optuna.Study, path: Path) -> Path:
     return write_atomically(path, frame.to_csv(index=False))
 
 
+def latency_warning(study: optuna.Study) -> str:
+    """One line when every timed architecture's latency is flagged (measured while the
+    machine was busy, even after re-measuring), else "": its front is then an order of
+    noise, and two studies on one busy machine silently disagree."""
+    history, flagged, timed = LatencyHistory(study), set(), set()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        record = history.preferred(TrialRecord.load(trial))
+        if record.latency_ms is not None:
+            timed.add(record.arch_hash)
+            if record.latency_contamination:
+                flagged.add(record.arch_hash)
+    if not timed or flagged != timed:
+        return ""
+    return (f"warning: all {len(timed)} latencies were measured on a busy machine (flagged contaminated), so "
+            "the front's latencies are not reliable; re-run with profile.clock=cpu, or on quieter hardware")
+
+
 def estimates_frame(study: optuna.Study) -> pd.DataFrame:
     """Per trained trial: refined accuracy mean, its standard error and replicate count."""
     store, rows = ReplicateStore(study), []
