@@ -140,9 +140,10 @@ class Recorder:
     heartbeats. Nothing else in the driver touches Optuna's storage."""
 
     def __init__(self, study: optuna.Study, storage: RDBStorage, objectives: list[str], budget: Budget,
-                 max_retries: int):
+                 max_retries: int, score: str = "accuracy"):
         self.study, self.storage, self.objectives, self.budget = study, storage, objectives, budget
         self.max_retries = max_retries
+        self.score = score  # the proxy score told as the accuracy objective (`objectives.PROXY_SCORES`)
 
     def heartbeat(self, plans: list[Plan]) -> None:
         for plan in plans:
@@ -153,7 +154,7 @@ class Recorder:
         violations = self.budget.violations(plan.record.metrics())
         set_constraints(self.storage, plan.trial, {key: violations.get(key, -1.0) for key in self.budget.keys()})
         plan.record.save(plan.trial)
-        return self.study.tell(plan.trial, plan.record.values(self.objectives))
+        return self.study.tell(plan.trial, plan.record.values(self.objectives, self.score))
 
     def fail(self, plan: Plan, reason: str, retry: bool, status: str = FAILED) -> bool:
         """End the trial FAIL with its reason; queue the same params again if `retry` and the
@@ -203,7 +204,8 @@ class Driver:
         self.on_status = on_status or (lambda status: None)
         capacity = settings.max_concurrent or executor.capacity(settings.trial_cpus, settings.trial_gpus)
         self.scheduler = Scheduler(capacity, executor.trains_beside_profiling())
-        self.recorder = Recorder(study, storage, settings.objectives, settings.budget, settings.max_retries)
+        self.recorder = Recorder(study, storage, settings.objectives, settings.budget, settings.max_retries,
+                                 settings.proxy_settings.get("score", "accuracy"))
         self.storage = storage
         self.plans: list[Plan] = []  # in flight: every stage but the final ones
         self.failed_this_run = 0
@@ -406,6 +408,8 @@ class Driver:
             images_per_sec=result["images_per_sec"], proxy_wall_time_s=result["wall_time_s"],
             epochs_done=result["epochs_done"], proxy_device=result["device"], proxy_seed=result.get("seed", self.settings.proxy_settings.get("seed")),
             val_count=result.get("val_count"), val_correct=result.get("val_correct"),
+            head_accuracy=result.get("head_accuracy"), head_count=result.get("head_count"),
+            head_correct=result.get("head_correct"), tse=result.get("tse"), tse_ema=result.get("tse_ema"),
             train_started_at=result["started_at"], train_finished_at=result["finished_at"],
             train_node_id=result.get("node_id"), train_host=result.get("host"))
         if result["status"] != "ok":
