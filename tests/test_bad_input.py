@@ -155,6 +155,7 @@ SETTINGS_CASES = [
     ("proxy-train-size-0", lambda t: ["proxy.train_size=0"], "proxy.train_size="),
     ("proxy-batch-size-0", lambda t: ["proxy.batch_size=0"], "proxy.batch_size="),
     ("proxy-val-size-0", lambda t: ["proxy.val_size=0"], "proxy.val_size="),
+    ("proxy-score-unknown", lambda t: ["proxy.score=loss"], "proxy.score='loss': choose one of accuracy"),
     ("search-seed-too-big", lambda t: [f"search.seed={2 ** 40}"], "search.seed="),
     ("n-trials-0", lambda t: ["search.n_trials=0"], "search.n_trials="),
     ("profile-cache-is-a-folder", lambda t: [f"profile.cache={t}"], "profile.cache="),
@@ -385,6 +386,7 @@ SUBPROCESS_CASES = [
     ("nested-20000", lambda t: [f"space={spec_file(t, 'stages: ' + '[' * 20_000)}"], "nested deeper"),
     ("depth-1000000", lambda t: [f"space={spec_file(t, stage_with(1, depth=1_000_000))}"], "above the limit"),
     ("storage-garbage", lambda t: ["search.storage=garbage"], "search.storage="),
+    ("proxy-score-typo", lambda t: ["proxy.score=tse_em"], "proxy.score='tse_em': choose one of"),
 ]
 
 

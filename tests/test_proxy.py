@@ -31,9 +31,15 @@ def test_training_steps_lower_the_loss_and_report_every_epoch(smoke_split):
     result = train_proxy(TINY, smoke_split, PRESETS["smoke"], on_epoch=lambda e, acc: seen.append((e, acc)))
     assert result.status == "ok" and result.failure_reason is None, result
     assert result.epochs_done == 2 and [e for e, _ in seen] == [1, 2]
-    assert result.curve == tuple(acc for _, acc in seen) and result.val_accuracy == result.curve[-1]
+    # The curve scores the slice's first images every epoch; the whole slice is scored at the end.
+    assert result.curve == tuple(acc for _, acc in seen) and result.head_accuracy == result.curve[-1]
+    assert result.head_count == 100 and result.head_accuracy == result.head_correct / 100
+    assert result.head_se == binomial_se(result.head_accuracy, 100)
     first, last = result.train_loss_curve
     assert last < first - 0.05 and last < math.log(10), result.train_loss_curve  # below chance
+    # TSE: the mean step loss over the run; its moving average leans to the (lower) end of it.
+    assert result.tse == pytest.approx((first + last) / 2)
+    assert last - 0.2 < result.tse_ema < result.tse, (result.tse_ema, result.train_loss_curve)
     assert result.images_per_sec > 0 and result.wall_time_s > 0 and result.device == "cpu"
     assert result.val_count == len(smoke_split.y_val) == 200 and result.seed == PRESETS["smoke"].seed
     assert result.val_accuracy == result.val_correct / result.val_count
@@ -41,6 +47,20 @@ def test_training_steps_lower_the_loss_and_report_every_epoch(smoke_split):
     stored = json.loads(json.dumps(result.to_dict()))
     assert stored["curve"] == list(result.curve) and stored["val_se"] == result.val_se
     assert stored["val_correct"] == result.val_correct and stored["val_count"] == 200
+    assert stored["tse"] == result.tse and stored["tse_ema"] == result.tse_ema
+    assert stored["head_accuracy"] == result.head_accuracy and stored["head_se"] == result.head_se
+
+
+def test_a_ten_thousand_image_score_has_the_standard_error_of_ten_thousand(cifar):
+    settings = preset("default", epochs=1, train_size=640, num_threads=1)  # the default's 10k slice, a short training
+    assert settings.val_size == 10_000 and settings.val_head == 2_000
+    split = make_split(cifar, train_size=settings.train_size, val_size=settings.val_size, seed=settings.data_seed)
+    result = train_proxy(TINY, split, settings)
+    assert result.ok and result.val_count == 10_000 and result.val_accuracy == result.val_correct / 10_000
+    assert result.val_se == binomial_se(result.val_accuracy, 10_000) < 0.0051  # half the 2k slice's 1.1 points
+    # The first 2,000 images are a score of their own, with their own (larger) SE, in the same run.
+    assert result.head_count == 2_000 and result.head_se == binomial_se(result.head_accuracy, 2_000)
+    assert 0 <= result.head_correct <= result.val_correct and result.head_se > result.val_se
 
 
 def test_replicates_vary_the_training_on_the_same_scoring_images(smoke_split):
@@ -70,6 +90,7 @@ def test_nan_loss_returns_a_failed_result_with_reason(smoke_split):
     assert "non-finite training loss" in result.failure_reason and "lr=1e+06" in result.failure_reason
     assert result.epochs_done == 0 and result.curve == () and result.val_accuracy == 0.0
     assert result.val_count == 0 and math.isnan(result.val_se)
+    assert result.tse is None and result.tse_ema is None and result.head_accuracy is None
 
 
 def test_callback_exceptions_propagate_to_stop_a_trial(smoke_split):
@@ -110,6 +131,8 @@ def test_settings_validation_names_the_field():
         ProxySettings(device="tpu")
     with pytest.raises(ValueError, match="unknown"):
         preset("fastest")
+    with pytest.raises(ValueError, match=r"ProxySettings.score='loss': choose one of accuracy, head_accuracy"):
+        ProxySettings(score="loss")
     assert preset("default", epochs=2).epochs == 2 and PRESETS["default"].epochs != 2
 
 

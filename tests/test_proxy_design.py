@@ -4,14 +4,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import proxy_design  # noqa: E402
 
-from search.measure.macs import analytic_macs  # noqa: E402
 from search.measure.proxy import PRESETS  # noqa: E402
-from search.space.space import PAPER_C1, Candidate, load_space  # noqa: E402
+from search.space.space import load_space  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,41 +29,57 @@ def test_layouts_are_drawn_by_seed_from_both_families(hybrid):
         proxy_design.draw_layouts(hybrid, 200, seed=0)
 
 
-# The C1 proxy's MACs per image at each recipe's width and input size (test_t_blocks checks
-# analytic_macs against traced counts), and, worked out by hand, the training images that keep
-# MACs x epochs x (2.6 x training images + scored images) at the default's 21951872 x 3 x 28000.
-C1_PROXY_MACS = {(0.25, 32): 21_951_872, (0.5, 32): 86_681_344, (0.25, 64): 91_809_152}
-EQUAL_COST_TRAIN = {
-    "default": 10000, "lr-high": 10000, "lr-low": 10000,  # nothing that costs differs
-    "long": 4615,    # (28000 * 3 / 6 - 2000) / 2.6
-    "bigval": 8846,  # (28000 - 5000) / 2.6
-    "wide": 3322,    # (28000 * 3 / 2 * 21951872 / 86681344 - 2000) / 2.6
-    "px64": 3093,    # (28000 * 3 / 2 * 21951872 / 91809152 - 2000) / 2.6
-}
-
-
 def test_recipes_cost_what_the_default_costs(hybrid):
     base = PRESETS["default"]
-    c1 = Candidate(PAPER_C1, tuple(choices[0] for choices in hybrid.widths))
-    assert {name: proxy_design.equal_cost_train_size(hybrid, recipe, base)
-            for name, recipe in proxy_design.RECIPES.items()} == EQUAL_COST_TRAIN
+
+    def cost(recipe: proxy_design.Recipe) -> float:
+        return proxy_design.recipe_cost(hybrid, recipe, proxy_design.equal_cost_train_size(hybrid, recipe, base))
+
+    assert proxy_design.equal_cost_train_size(hybrid, proxy_design.RECIPES["default"], base) == base.train_size
     for recipe in proxy_design.RECIPES.values():
-        space = proxy_design.proxy_space(hybrid, recipe)
-        assert analytic_macs(space.proxy_config(c1, num_classes=10)) == C1_PROXY_MACS[
-            recipe.width_mult, recipe.img_size], recipe.name
+        assert cost(recipe) == pytest.approx(cost(proxy_design.RECIPES["default"]), rel=1e-3), recipe.name
+    # Scoring counts: the 2k head after each epoch and the rest of the 10k slice once.
+    assert proxy_design.scored_images(3, 10_000, 2_000) == 14_000
+    sizes = {name: proxy_design.equal_cost_train_size(hybrid, r, base) for name, r in proxy_design.RECIPES.items()}
+    assert 30_000 < sizes["one-epoch"] < 33_000 and 15_000 < sizes["two-epochs"] < 16_000
+    assert sizes["px64"] < sizes["default"] / 2  # four times the pixels per image
 
 
-def test_table_scores_seed_agreement_with_kendall_tau(tmp_path):
+def _rows(csv, recipe, first, second, score="accuracy"):
+    for layout, (a, b) in enumerate(zip(first, second)):
+        for seed, value in ((0, a), (1, b)):
+            proxy_design.append_row(csv, {"recipe": recipe, "scale": 1.0, "layout": f"L{layout}", "seed": seed,
+                                          "train_size": 5000, "epochs": 3, "img_size": 32, "status": "ok",
+                                          score: value, "cpu_s": 10.0, "wall_s": 12.0})
+
+
+def test_table_scores_seed_agreement_with_kendall_tau_and_its_interval(tmp_path):
     csv = tmp_path / "rows.csv"
-    agree = [0.30, 0.35, 0.40, 0.45]
-    for recipe, second in (("default", [a + 0.01 for a in agree]), ("long", agree[::-1])):
-        for layout, (a, b) in enumerate(zip(agree, second)):
-            for seed, acc in ((0, a), (1, b)):
-                proxy_design.append_row(csv, {"recipe": recipe, "scale": 0.5, "layout": f"L{layout}",
-                                              "seed": seed, "train_size": 5000, "epochs": 3, "val_size": 2000,
-                                              "status": "ok", "val_accuracy": acc, "val_count": 2000,
-                                              "cpu_s": 10.0, "wall_s": 12.0, "device": "cpu"})
+    agree = [0.30, 0.35, 0.40, 0.45, 0.50, 0.55]
+    _rows(csv, "default", agree, [a + 0.01 for a in agree])
+    _rows(csv, "long", agree, agree[::-1])
     table = proxy_design.table(proxy_design.read_rows(csv)).set_index("recipe")
     assert table.loc["default", "tau"] == pytest.approx(1.0) and table.loc["long", "tau"] == pytest.approx(-1.0)
+    assert table.loc["default", "tau low"] == pytest.approx(1.0)  # every resample agrees perfectly
+    assert table.loc["long", "tau low"] <= table.loc["long", "tau"] <= table.loc["long", "tau high"]
     assert table.loc["default", "seed SD"] == pytest.approx(0.01 / 2**0.5)
-    assert table.loc["default", "layouts"] == 4 and table.loc["default", "images"] == 5000
+    assert table.loc["default", "layouts"] == 6 and table.loc["default", "images"] == 5000
+    assert 0.95 < table.loc["default", "ICC"] <= 1 and table.loc["long", "ICC"] < 0  # layouts explain none of it
+    assert table.loc["default", "tau pred mean2"] >= table.loc["default", "tau pred 1"]
+
+
+def test_icc_is_the_layouts_share_of_the_variance():
+    rng = np.random.default_rng(0)
+    layouts = rng.normal(0, 1.0, 4000)[:, None]  # layout variance 1, seed variance 1: ICC 0.5
+    pairs = layouts + rng.normal(0, 1.0, (4000, 2))
+    assert proxy_design.icc(pairs) == pytest.approx(0.5, abs=0.05)
+    assert proxy_design.predicted_tau(1.0) == pytest.approx(1.0) and proxy_design.predicted_tau(0.0) == 0.0
+
+
+def test_the_plan_interleaves_recipes_layout_by_layout(hybrid):
+    recipes = list(proxy_design.RECIPES.values())
+    order = proxy_design.plan(hybrid, recipes, layouts=3, layout_seed=0, base_seed=0, scale=1.0)
+    assert len(order) == 3 * 2 * len(recipes)
+    first_layout = order[: 2 * len(recipes)]
+    assert len({layout for _, layout, _ in first_layout}) == 1  # one layout's both seeds, every recipe, first
+    assert {r.name for r, _, _ in first_layout} == set(proxy_design.RECIPES)

@@ -36,6 +36,40 @@ def test_unmeasured_values_are_the_worst_and_json_safe():
     assert record.to_attrs()["latency_ms"] is None and "accuracy" not in record.to_attrs()
 
 
+def test_a_loss_score_is_told_negated_and_the_record_keeps_every_score():
+    record = TrialRecord(accuracy=0.5, head_accuracy=0.52, tse=1.8, tse_ema=1.6, latency_ms=3.0)
+    assert record.values(["accuracy", "latency"]) == [0.5, 3.0]
+    assert record.values(["accuracy", "latency"], "head_accuracy") == [0.52, 3.0]
+    assert record.values(["accuracy", "latency"], "tse") == [-1.8, 3.0]  # maximized: lower loss, higher value
+    assert record.value("accuracy", "tse_ema") == -1.6
+    assert TrialRecord().value("accuracy", "tse") == -math.inf  # never trained: below every -TSE
+    assert TrialRecord.from_attrs(record.to_attrs()) == record
+
+
+@pytest.mark.slow
+def test_proxy_score_tse_is_what_optuna_is_told_and_every_score_survives_a_resume(tiny_space: Path, tmp_path: Path):
+    args = [f"space={tiny_space}", "executor=inline", f"results_dir={tmp_path}", "proxy.score=tse", *FAST,
+            "proxy.epochs=1", "proxy.train_size=128", "proxy.val_size=100"]
+    first = Campaign.from_settings(parse_args([*args, "search.n_trials=2"]))
+    first.run()
+    first.finish(interrupted=False)
+    before = {t.number: TrialRecord.load(t).tse for t in complete(first.study)}
+    again = Campaign.from_settings(parse_args([*args, "search.n_trials=3"]))  # the same study, resumed
+    again.run()
+    again.finish(interrupted=False)
+    done = complete(again.study)
+    assert len(done) == 3
+    csv = pd.read_csv(again.folder / "trials.csv").set_index("number")
+    for trial in done:
+        record = TrialRecord.load(trial)
+        assert record.trained or record.reused_from is not None
+        assert record.tse > 0 and record.tse_ema > 0 and 0 <= record.accuracy <= 1 and record.val_count == 100
+        assert trial.values[0] == -record.tse != record.accuracy  # told the loss, kept the accuracy too
+        assert csv.loc[trial.number, "tse"] == pytest.approx(record.tse)
+        assert csv.loc[trial.number, "accuracy"] == pytest.approx(record.accuracy)
+    assert {n: TrialRecord.load(again.study.trials[n]).tse for n in before} == before  # kept, not recomputed
+
+
 def test_older_studies_spelling_is_read():
     assert TrialRecord.from_attrs({"val_accuracy": 0.4, "unknown_key": 1}).accuracy == 0.4
 

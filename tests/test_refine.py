@@ -14,7 +14,7 @@ from search.app.campaign import Campaign
 from search.engine.executor import InlineExecutor
 from search.engine.phases import Context, ReprofilePhase
 from search.engine.record import TrialRecord
-from search.engine.refine import Refiner, RefineSettings, candidates, in_doubt
+from search.engine.refine import Refiner, RefineSettings, candidates, in_doubt, replicate_rule, replicates_needed
 from search.engine.replicates import LatencyHistory, Replicate, ReplicateStore, best_of
 from search.report.tables import format_front, front_frame, front_trials, trials_frame
 from search.app.settings import parse_args
@@ -66,6 +66,21 @@ def test_terminal_front_shows_each_latency_with_its_interval():
     text = format_front(front_frame(study))
     assert "latency ms [95% CI]" in text and "50.00 [49.50, 50.60]" in text and "80.00 [79.00, 81.25]" in text
     assert "0.500 ± 0.011 (n=1)" in text
+
+
+def test_replicates_needed_bring_the_se_under_half_the_gap():
+    # SE = sqrt(1.5^2 / n + 0.5^2) points: n = 3 gives 0.98 < 1, n = 2 gives 1.17.
+    assert replicates_needed(0.015, 0.005, 0.02) == 3
+    assert replicates_needed(0.015, 0.005, 0.04) == 1  # one training already resolves a 4-point gap
+    assert replicates_needed(0.015, 0.011, 0.02) is None  # a 2k slice's 1.1 points alone exceed half of 2 points
+
+
+def test_the_rule_is_printed_from_the_fronts_gaps():
+    study = _study([{"acc": 0.50, "lat": 1.0}, {"acc": 0.52, "lat": 2.0}, {"acc": 0.54, "lat": 3.0},
+                    {"acc": 0.40, "lat": 4.0}])  # the last is beaten: not on the front
+    line = replicate_rule(candidates(study, ReplicateStore(study)), val_count=10_000, max_replicates=3)
+    assert "(2.00 points, median of 2)" in line and "that is 3 replicates" in line, line
+    assert "refine.max_replicates=3" in line
 
 
 def test_doubt_is_the_front_and_whatever_it_cannot_beat_decisively():

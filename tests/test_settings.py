@@ -30,6 +30,17 @@ def test_choices_in_help_are_the_ones_the_code_accepts():
     assert fields["search.sampler"].metadata["choices"] == settings_mod.SAMPLERS
 
 
+def test_proxy_score_choices_are_the_scores_a_training_gives():
+    from search.engine.objectives import PROXY_SCORES
+    from search.measure.proxy import SCORES, ProxySettings
+
+    assert settings_mod._fields()["proxy.score"].metadata["choices"] == tuple(PROXY_SCORES) == SCORES
+    assert ProxySettings().score == "accuracy" and parse_args(["space=paper"]).proxy.score is None  # the preset's
+    assert parse_args(["space=paper", "proxy.score=tse"]).proxy.score == "tse"
+    with pytest.raises(SettingsError, match=r"^proxy.score='tse_em': choose one of .* \(did you mean 'tse_ema'\?\)$"):
+        parse_args(["space=paper", "proxy.score=tse_em"])
+
+
 def test_saved_config_reruns_with_overrides(tmp_path):
     original = parse_args(["space=paper", "search.n_trials=7", "proxy.preset=smoke", "ray.num_cpus=2",
                            "budget.max_macs=1e9", "search.objectives=[accuracy,latency,macs]"])

@@ -299,7 +299,7 @@ class Campaign:
         return DriverSettings(
             n_trials=self.n_trials, objectives=list(s.search.objectives), budget=self.budget(),
             max_retries=s.search.max_retries, trial_cpus=s.ray.trial_cpus, trial_gpus=self._trial_gpus(executor),
-            max_concurrent=s.ray.max_concurrent)
+            max_concurrent=s.ray.max_concurrent, score=self.proxy_settings().get("score") or "accuracy")
 
     def _drive(self, study: optuna.Study, executor) -> None:
         r = self.settings.refine

@@ -25,7 +25,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from search.space import safe_yaml
-from search.engine.objectives import OBJECTIVES, check_objectives
+from search.engine.objectives import OBJECTIVES, PROXY_SCORES, check_objectives
 from search.engine.probe import connect_error
 from search.engine.study import SAMPLERS as SAMPLER_REGISTRY, sampler_class
 
@@ -95,6 +95,8 @@ class ProxyOverrides:
     train_size: Optional[int] = _key(None, "training images (>= 1); default: the preset's")
     val_size: Optional[int] = _key(None, "validation images (>= 1); default: the preset's")
     device: Optional[str] = _key(None, "device of proxy training; default: cuda when present, else cpu", DEVICES)
+    score: Optional[str] = _key(None, "the proxy score the search optimises as its accuracy objective (all are "
+                                      "recorded; a loss is told negated); default: the preset's", tuple(PROXY_SCORES))
 
 
 @dataclass
@@ -283,6 +285,8 @@ def _check_choices(s: RunSettings) -> None:
             raise SettingsError(str(err)) from None
     else:
         choose("search.sampler", s.search.sampler, SAMPLERS)
+    if s.proxy.score is not None:
+        choose("proxy.score", s.proxy.score, tuple(PROXY_SCORES))
     for objective in s.search.objectives:
         choose("search.objectives", objective, tuple(OBJECTIVES))
     try:

@@ -64,6 +64,7 @@ class DriverSettings:
     trial_gpus: float = 0.0
     max_concurrent: int | None = None
     max_failures: int | None = None  # stop after this many failed trials in one run
+    score: str = "accuracy"  # the evaluator's score told as the accuracy objective (`objectives.PROXY_SCORES`)
 
 
 @dataclass(eq=False)
@@ -128,9 +129,10 @@ class Recorder:
     heartbeats. Nothing else in the driver touches Optuna's storage."""
 
     def __init__(self, study: optuna.Study, storage: RDBStorage, objectives: list[str], budget: Budget,
-                 max_retries: int):
+                 max_retries: int, score: str = "accuracy"):
         self.study, self.storage, self.objectives, self.budget = study, storage, objectives, budget
         self.max_retries = max_retries
+        self.score = score  # the proxy score told as the accuracy objective (`objectives.PROXY_SCORES`)
 
     def heartbeat(self, plans: list[Plan]) -> None:
         for plan in plans:
@@ -141,7 +143,7 @@ class Recorder:
         violations = self.budget.violations(plan.record.metrics())
         set_constraints(self.storage, plan.trial, {key: violations.get(key, -1.0) for key in self.budget.keys()})
         plan.record.save(plan.trial)
-        return self.study.tell(plan.trial, plan.record.values(self.objectives))
+        return self.study.tell(plan.trial, plan.record.values(self.objectives, self.score))
 
     def fail(self, plan: Plan, reason: str, retry: bool, status: str = FAILED) -> bool:
         """End the trial FAIL with its reason; queue the same params again if `retry` and the
@@ -194,7 +196,8 @@ class Driver:
         self.on_status = on_status or (lambda status: None)
         capacity = settings.max_concurrent or executor.capacity(settings.trial_cpus, settings.trial_gpus)
         self.scheduler = Scheduler(capacity, executor.trains_beside_profiling())
-        self.recorder = Recorder(study, storage, settings.objectives, settings.budget, settings.max_retries)
+        self.recorder = Recorder(study, storage, settings.objectives, settings.budget, settings.max_retries,
+                                 settings.score)
         self.storage = storage
         self.plans: list[Plan] = []  # in flight: every stage but the final ones
         self.failed_this_run = 0

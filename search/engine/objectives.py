@@ -44,6 +44,32 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
 REQUIRED = ("accuracy", "latency")
 
 
+@dataclass(frozen=True)
+class ProxyScore:
+    """One score of a proxy training (`search.measure.proxy.SCORES`) that the search can tell
+    Optuna as the "accuracy" objective (`proxy.score=`). The objective always maximizes, so a
+    loss is told negated: the study's directions, and so its resume check, do not depend on
+    which score it was told. Every score is kept in the record whichever is told."""
+
+    name: str
+    field: str  # the `TrialRecord` field that holds it
+    higher_is_better: bool
+
+    def told(self, value: float | None) -> float:
+        """What Optuna is told; a score never measured is the worst a maximized value can be."""
+        if value is None or not math.isfinite(value):
+            return 0.0 if self.higher_is_better else -math.inf
+        return float(value) if self.higher_is_better else -float(value)
+
+
+PROXY_SCORES: dict[str, ProxyScore] = {s.name: s for s in (
+    ProxyScore("accuracy", "accuracy", True),  # the whole validation slice
+    ProxyScore("head_accuracy", "head_accuracy", True),  # its first val_head images (the per-epoch curve's)
+    ProxyScore("tse", "tse", False),  # mean training loss over the run
+    ProxyScore("tse_ema", "tse_ema", False),  # its moving average, weighted to the end of the run
+)}
+
+
 def objective(name: str) -> Objective:
     if name not in OBJECTIVES:
         raise KeyError(f"objective {name!r}: unknown (choose from {', '.join(OBJECTIVES)})")

@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from search.engine.objectives import OBJECTIVES
+from search.engine.objectives import OBJECTIVES, PROXY_SCORES
 
 # How a finished trial got its values.
 TRAINED, REUSED, INFEASIBLE, FAILED, INTERRUPTED = "trained", "reused", "infeasible", "failed", "interrupted"
@@ -64,6 +64,11 @@ class TrialRecord:
     accuracy: float | None = None  # this trial's own training; refined estimates: search.replicates
     val_count: int | None = None  # images scored
     val_correct: int | None = None
+    head_accuracy: float | None = None  # on the slice's first head_count images (scored every epoch: val_curve)
+    head_count: int | None = None
+    head_correct: int | None = None
+    tse: float | None = None  # mean training loss over the whole run
+    tse_ema: float | None = None  # its moving average, weighted to the end of the run
     proxy_seed: int | None = None  # training seed: replicates of one architecture differ in it
     val_curve: list[float] | None = None
     train_loss_curve: list[float] | None = None
@@ -87,14 +92,18 @@ class TrialRecord:
     LEGACY = {"val_accuracy": "accuracy"}
 
     # ------------------------------------------------------------------ values
-    def value(self, name: str) -> float:
-        """The objective's value for Optuna; a value never measured is the objective's worst."""
+    def value(self, name: str, score: str = "accuracy") -> float:
+        """The objective's value for Optuna; a value never measured is the objective's worst.
+        The "accuracy" objective is told the proxy score named `score` (`PROXY_SCORES`)."""
+        if name == "accuracy":
+            proxy_score = PROXY_SCORES[score]
+            return proxy_score.told(getattr(self, proxy_score.field))
         objective = OBJECTIVES[name]
         value = getattr(self, objective.field)
         return objective.worst if value is None else float(value)
 
-    def values(self, names: list[str]) -> list[float]:
-        return [self.value(n) for n in names]
+    def values(self, names: list[str], score: str = "accuracy") -> list[float]:
+        return [self.value(n, score) for n in names]
 
     def metrics(self) -> dict[str, float]:
         """The measured numbers a budget can judge (see `Budget.violations`)."""

@@ -13,13 +13,14 @@ stopped, with the budget that is left.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.measure.estimate import replicate_seed
+from search.measure.estimate import SEED_SD, binomial_se, replicate_seed
 from search.engine.evaluator import Evaluator
 from search.engine.executor import Executor, Job, JobFailed, WorkerLost
 from search.engine.record import TrialRecord
@@ -69,6 +70,35 @@ def in_doubt(pool: list[Candidate], margin_se: float) -> list[Candidate]:
     return [c for c in pool if not beaten(c)]
 
 
+def replicates_needed(seed_sd: float, val_se: float, gap: float) -> int | None:
+    """The fewest replicates n with sqrt(seed_sd**2 / n + val_se**2) <= gap / 2: enough for a
+    front member's SE to fall under half the gap to its neighbour. None when the validation
+    part alone (common to every replicate) is that large: then no number of seeds suffices,
+    only a larger validation slice."""
+    room = (gap / 2) ** 2 - val_se**2
+    if not room > 0:
+        return None
+    return max(1, math.ceil(seed_sd**2 / room))
+
+
+def replicate_rule(pool: list[Candidate], val_count: int, max_replicates: int, seed_sd: float = SEED_SD) -> str:
+    """The rule behind `refine.max_replicates`, with this study's numbers: the typical (median)
+    accuracy gap between latency neighbours on the front, and the replicates it asks for."""
+    front = sorted((c for c in pool if not any(o.latency_ms <= c.latency_ms and o.mean > c.mean for o in pool)),
+                   key=lambda c: c.latency_ms)
+    gaps = sorted(abs(a.mean - b.mean) for a, b in zip(front, front[1:]))
+    if not gaps:
+        return f"the front has {len(front)} member: no gap between neighbours to resolve"
+    gap = gaps[len(gaps) // 2]
+    val_se = binomial_se(statistics.fmean(c.mean for c in front), val_count)
+    n = replicates_needed(seed_sd, val_se, gap)
+    need = (f"{n} replicates" if n is not None
+            else "more than any number of replicates (the validation slice's SE alone exceeds half the gap)")
+    return (f"rule: a front member needs SE < half the typical gap between front neighbours ({100 * gap:.2f} points, "
+            f"median of {len(gaps)}); with seed SD {100 * seed_sd:.1f} points and validation SE {100 * val_se:.2f} "
+            f"points ({val_count} images) that is {need}; refine.max_replicates={max_replicates}")
+
+
 class Refiner:
     """Runs the extra replicates on the executor, `capacity` at a time."""
 
@@ -95,6 +125,10 @@ class Refiner:
     def run(self) -> int:
         """Refine until the budget is spent or nothing is in doubt; returns trainings done."""
         done = 0
+        pool = candidates(self.study, self.store)
+        if pool:
+            counts = [TrialRecord.load(c.trial).val_count for c in pool]
+            self.on_event(replicate_rule(pool, max((n for n in counts if n), default=1), self.settings.max_replicates))
         try:
             while True:
                 self.check_stop()

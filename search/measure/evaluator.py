@@ -40,6 +40,8 @@ def training_fields(result: dict[str, Any]) -> dict[str, Any]:
         images_per_sec=result["images_per_sec"], proxy_wall_time_s=result["wall_time_s"],
         epochs_done=result["epochs_done"], proxy_device=result["device"], proxy_seed=result.get("seed"),
         val_count=result.get("val_count"), val_correct=result.get("val_correct"),
+        head_accuracy=result.get("head_accuracy"), head_count=result.get("head_count"),
+        head_correct=result.get("head_correct"), tse=result.get("tse"), tse_ema=result.get("tse_ema"),
         train_started_at=result["started_at"], train_finished_at=result["finished_at"],
         train_node_id=result.get("node_id"), train_host=result.get("host"))
 

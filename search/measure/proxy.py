@@ -30,6 +30,16 @@ from search.measure.data import DataSplit, Normalizer, random_crop_flip
 from search.measure.estimate import binomial_se
 
 EpochCallback = Callable[[int, float], None]
+# The scores every training gives (`ProxyResult`): accuracy on the whole validation slice, on
+# its first `val_head` images, and the training loss over the whole run (TSE: its mean; TSE-EMA:
+# an exponential moving average that weights the end of the run most). `ProxySettings.score`
+# names the one the search optimises; `search.engine.objectives.PROXY_SCORES` says where each
+# is kept in the trial record and which way is better.
+SCORES = ("accuracy", "head_accuracy", "tse", "tse_ema")
+# TSE-EMA's time constant, as a share of the run's optimizer steps: a third, so the last third
+# of the run (the default's last epoch) carries 1 - 1/e = 63% of the weight. Defined on steps,
+# not epochs, so a one-epoch recipe is weighted like a three-epoch one.
+TSE_EMA_SPAN = 1 / 3
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "none": None}
 CUDA_CHECK_EVERY = 16  # on a GPU, read the loss back every few steps only: each read is a sync
 
@@ -45,7 +55,8 @@ class ProxySettings:
     warmup_fraction: float = 0.1
     label_smoothing: float = 0.1
     train_size: int = 10000
-    val_size: int = 2000
+    val_size: int = 10000  # the whole slice is scored once, after the last epoch
+    val_head: int = 2000  # its first images are scored after every epoch too: the curve, and a score of their own
     seed: int = 0  # weights, data order and augmentation: what a replicate varies (estimate.replicate_seed)
     data_seed: int = 0  # which images form the train subset and the validation slice: fixed across replicates
     num_threads: int = 2
@@ -55,12 +66,13 @@ class ProxySettings:
     max_grad_norm: float | None = 1.0
     augment: bool = True
     eval_batch_size: int = 500
+    score: str = "accuracy"  # which of the result's scores the search optimises (SCORES); the training is the same
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"ProxySettings.{name}={getattr(self, name)!r}: {why}")
 
-        for name in ("epochs", "batch_size", "train_size", "val_size", "num_threads", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "train_size", "val_size", "val_head", "num_threads", "eval_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise bad(name, "must be a positive integer")
@@ -77,6 +89,8 @@ class ProxySettings:
             raise bad("device", "choose auto, cpu, cuda or cuda:N")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise bad("max_grad_norm", "must be > 0, or None for no clipping")
+        if self.score not in SCORES:
+            raise bad("score", f"choose one of {', '.join(SCORES)}")
 
     def replace(self, **changes: Any) -> "ProxySettings":
         return dataclasses.replace(self, **changes)
@@ -88,13 +102,16 @@ class ProxySettings:
 # Sized on 2 CPU cores (AVX2, torch 2.14, channels_last) for the space's proxy of the paper's
 # C1 layout (CC-CCCT-CCTT-CTTT, widths 16-32-64-128, stem stride 1, 32 px, 21.9 M MACs per
 # image): it trains at about 650 images/s on idle cores and scores at about 1,700 images/s, so
-# `default` (30k training images, 3 x 2k scored) takes about a minute (103 s of CPU time) and
-# reaches 0.508 validation accuracy; `thorough` trains on 5x the images (150k).
+# `default` (30k training images; 2 x 2k + 10k scored) takes about a minute and reaches about
+# 0.5 validation accuracy; `thorough` trains on 5x the images (150k). The 10k slice halves the
+# validation-sampling SE of a 2k one (0.5 points instead of 1.1 at p = 0.5) for about 10% more
+# CPU time per trial.
 # benchmarks/proxy_fidelity.py compares the rankings of the two. `smoke` is for tests only.
 PRESETS: dict[str, ProxySettings] = {
-    "smoke": ProxySettings(epochs=2, batch_size=64, train_size=640, val_size=200, lr=3e-3, eval_batch_size=200),
-    "default": ProxySettings(epochs=3, batch_size=128, train_size=10000, val_size=2000, lr=3e-3),
-    "thorough": ProxySettings(epochs=6, batch_size=128, train_size=25000, val_size=2000, lr=3e-3),
+    "smoke": ProxySettings(epochs=2, batch_size=64, train_size=640, val_size=200, val_head=100, lr=3e-3,
+                           eval_batch_size=200),
+    "default": ProxySettings(epochs=3, batch_size=128, train_size=10000, val_size=10000, val_head=2000, lr=3e-3),
+    "thorough": ProxySettings(epochs=6, batch_size=128, train_size=25000, val_size=10000, val_head=2000, lr=3e-3),
 }
 
 
@@ -108,9 +125,13 @@ def preset(name: str, **overrides: Any) -> ProxySettings:
 @dataclass(frozen=True)
 class ProxyResult:
     """What a proxy training gives the search. `val_accuracy` is top-1 in 0..1 on the split's
-    scoring images after the last epoch (0.0 when failed): `val_correct` of `val_count` images
-    (0 of 0 when failed); `curve` holds one value per epoch. `seed` is the training seed, which
-    tells replicates apart (see `search.estimate`)."""
+    whole validation slice after the last epoch (0.0 when failed): `val_correct` of `val_count`
+    images (0 of 0 when failed). `head_accuracy` is the same on the slice's first `head_count`
+    images (`ProxySettings.val_head`), which are also scored after every epoch: `curve` holds
+    those, one per epoch. `tse` is the mean training loss over the whole run (Ru et al. 2021's
+    "sum of training losses", per step), `tse_ema` its moving average weighted to the end of
+    the run (`TSE_EMA_SPAN`); None when failed. `seed` is the training seed, which tells
+    replicates apart (see `search.estimate`)."""
 
     status: str  # "ok" | "failed"
     failure_reason: str | None
@@ -124,6 +145,11 @@ class ProxyResult:
     val_correct: int
     val_count: int
     seed: int
+    head_accuracy: float | None = None
+    head_correct: int = 0
+    head_count: int = 0
+    tse: float | None = None
+    tse_ema: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -134,10 +160,15 @@ class ProxyResult:
         """The validation-sampling standard error of `val_accuracy` (binomial); NaN when failed."""
         return binomial_se(self.val_accuracy, self.val_count) if self.val_count else math.nan
 
+    @property
+    def head_se(self) -> float:
+        """The same for `head_accuracy`, on the `head_count` images it scored."""
+        return binomial_se(self.head_accuracy, self.head_count) if self.head_count else math.nan
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["curve"], data["train_loss_curve"] = list(self.curve), list(self.train_loss_curve)
-        data["val_se"] = self.val_se
+        data["val_se"], data["head_se"] = self.val_se, self.head_se
         return data
 
 
@@ -170,20 +201,26 @@ def seeded_model(config: ArchConfig, seed: int) -> nn.Module:
 
 def fit(model: nn.Module, data: DataSplit, settings: ProxySettings,
         on_epoch: EpochCallback | None = None) -> ProxyResult:
-    """Train `model` in place and score it after every epoch; `on_epoch(epoch, accuracy)` gets
-    the 1-based epoch number and the top-1 accuracy on `data`'s scoring images."""
+    """Train `model` in place and score it after every epoch on the first `val_head` scoring
+    images, and after the last on all of them; `on_epoch(epoch, accuracy)` gets the 1-based
+    epoch number and the accuracy on those first images (the same images every epoch)."""
     started = time.perf_counter()
     device = resolve_device(settings.device)
     curve: list[float] = []
     losses: list[float] = []
-    train_seconds, train_images, correct = 0.0, 0, 0
+    train_seconds, train_images, correct, head_correct = 0.0, 0, 0, 0
     val_count = len(data.y_val)
+    head_count = min(settings.val_head, val_count)
+    loop: TrainLoop | None = None
 
     def result(reason: str | None = None) -> ProxyResult:
-        return ProxyResult("failed" if reason else "ok", reason, 0.0 if reason else curve[-1], tuple(curve),
+        ok = reason is None
+        return ProxyResult("failed" if reason else "ok", reason, correct / val_count if ok else 0.0, tuple(curve),
                            tuple(losses), train_images / max(train_seconds, 1e-9), time.perf_counter() - started,
-                           len(curve), str(device), 0 if reason else correct, 0 if reason else val_count,
-                           settings.seed)
+                           len(curve), str(device), correct if ok else 0, val_count if ok else 0, settings.seed,
+                           head_correct / head_count if ok else None, head_correct if ok else 0,
+                           head_count if ok else 0, sum(losses) / len(losses) if ok else None,
+                           loop.loss_ema() if ok and loop is not None else None)
 
     with _runtime(settings, device):
         try:
@@ -195,7 +232,9 @@ def fit(model: nn.Module, data: DataSplit, settings: ProxySettings,
         for epoch in range(1, settings.epochs + 1):
             try:
                 mean_loss, seconds, images = loop.train_epoch(epoch)
-                correct = loop.count_correct()
+                head_correct = loop.count_correct(0, head_count)
+                if epoch == settings.epochs:
+                    correct = head_correct + loop.count_correct(head_count, val_count)
             except NonFiniteLoss as err:
                 return result(str(err))
             except Exception as err:
@@ -205,7 +244,7 @@ def fit(model: nn.Module, data: DataSplit, settings: ProxySettings,
                 return result(f"out of memory in epoch {epoch} at batch size {settings.batch_size} on {device}")
             losses.append(mean_loss)
             train_seconds, train_images = train_seconds + seconds, train_images + images
-            curve.append(correct / max(val_count, 1))
+            curve.append(head_correct / max(head_count, 1))
             if on_epoch is not None:
                 on_epoch(epoch, curve[-1])  # may raise to stop the trial: let it through
     return result()
@@ -231,6 +270,9 @@ class TrainLoop:
         total = settings.epochs * self.steps_per_epoch
         warmup = max(1, round(settings.warmup_fraction * total)) if settings.warmup_fraction else 0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: warmup_cosine(s, warmup, total))
+        self.ema_decay = max(0.0, 1.0 - 1.0 / (TSE_EMA_SPAN * total))
+        self.ema = torch.zeros((), device=device)  # of the step losses, from 0: `loss_ema` corrects the bias
+        self.steps_done = 0
         self.autocast = _autocast_for(device, settings)
         self.scaler = torch.amp.GradScaler("cuda") if _amp_dtype(device, settings) == torch.float16 else None
 
@@ -248,6 +290,8 @@ class TrainLoop:
                 images = random_crop_flip(images, self.generator)
             loss = self._step(self.normalize(images, self.memory_format), self.data.y_train[index])
             loss_sum += loss
+            self.ema.mul_(self.ema_decay).add_(loss, alpha=1.0 - self.ema_decay)
+            self.steps_done += 1
             if (step + 1) % check_every == 0 or step + 1 == self.steps_per_epoch:
                 if not torch.isfinite(loss_sum):
                     raise NonFiniteLoss(f"non-finite training loss ({loss_sum.item()}) in epoch {epoch} "
@@ -277,10 +321,14 @@ class TrainLoop:
         self.scheduler.step()
         return loss.detach()
 
-    def count_correct(self) -> int:
-        """Top-1 hits on the split's scoring images, in eval mode."""
-        return _count_correct(self.model, self.data.x_val, self.data.y_val, self.normalize, self.settings,
-                              self.autocast, self.memory_format)
+    def loss_ema(self) -> float:
+        """The moving average of the step losses so far, corrected for its start at 0 (as Adam's moments are)."""
+        return self.ema.item() / (1.0 - self.ema_decay ** self.steps_done) if self.steps_done else math.nan
+
+    def count_correct(self, start: int, stop: int) -> int:
+        """Top-1 hits on the split's scoring images start..stop-1, in eval mode."""
+        return _count_correct(self.model, self.data.x_val[start:stop], self.data.y_val[start:stop], self.normalize,
+                              self.settings, self.autocast, self.memory_format)
 
     def release(self) -> None:
         """Drop optimizer state and cached GPU blocks after an out-of-memory failure."""
