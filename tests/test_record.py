@@ -82,7 +82,7 @@ def test_a_reused_result_keeps_its_own_identity():
 
 
 def _plan(stage: Stage, since: int) -> Plan:
-    return Plan(trial=None, candidate=None, target=None, proxy=None, record=TrialRecord(), stage=stage,
+    return Plan(trial=None, record=TrialRecord(), stage=stage,
                 since=since)  # type: ignore[arg-type]
 
 
