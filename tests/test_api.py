@@ -9,6 +9,7 @@ import pytest
 from search.app.settings import SettingsError
 
 
+@pytest.mark.slow  # a whole in-process search: minutes on a loaded 2-core machine
 def test_run_returns_the_study_front_trials_and_dashboard(tiny_space: Path, tmp_path: Path, capsys):
     from search import run
 

@@ -64,6 +64,7 @@ SMALL = dict(stages=[{"width": 32}, {"width": 64}, {"width": 64}, {"width": 128}
                      "compile": False})
 
 
+@pytest.mark.slow  # a whole in-process search: minutes on a loaded 2-core machine
 @pytest.mark.parametrize("name, n_trials", [("order", 4), ("blocks", 2)])
 def test_smoke_study_runs_inline(tmp_path: Path, monkeypatch, name: str, n_trials: int):
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")

@@ -112,6 +112,7 @@ def test_a_corrupt_profile_cache_is_one_line_and_creates_nothing(tiny_space: Pat
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").glob("tiny*"))
 
 
+@pytest.mark.slow  # a whole in-process search: minutes on a loaded 2-core machine
 def test_a_run_whose_every_training_fails_exits_1(tiny_space: Path, tmp_path: Path, monkeypatch, capsys):
     """Every training diverges (a recipe no key allows: lr 1e30 without gradient clipping): the
     run stops at its failure limit and exits 1 with one line naming the shortfall, not 0."""

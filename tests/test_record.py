@@ -115,6 +115,7 @@ def test_other_nodes_keep_training_while_one_profiles():
     assert scheduler.next([profiling, ready]) == ([ready], [])
 
 
+@pytest.mark.slow  # a whole in-process search: minutes on a loaded 2-core machine
 def test_an_objective_is_one_table_entry(tiny_space: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Peak memory as a fourth objective: without its entry the settings refuse it; with the
     entry alone a real study optimises it, and trials.csv and the dashboard show it."""

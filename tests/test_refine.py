@@ -89,6 +89,7 @@ def test_doubt_is_the_front_and_whatever_it_cannot_beat_decisively():
     assert {c.trial.number for c in in_doubt(pool, 2.0)} == {0, 1}  # 0.49 is within noise of 0.50
 
 
+@pytest.mark.slow  # a whole in-process search: minutes on a loaded 2-core machine
 def test_refinement_adds_replicates_with_new_seeds_and_resumes(tiny_space: Path, tmp_path: Path):
     """A real study, refined on the inline executor: replicates are stored per architecture,
     each with its own seed; an interrupted refinement keeps what finished and a rerun goes on

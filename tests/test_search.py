@@ -147,6 +147,7 @@ def test_help_lists_every_key(tmp_path: Path):
         assert key in proc.stdout
 
 
+@pytest.mark.slow  # a whole in-process search: minutes on a loaded 2-core machine
 def test_grid_sampler_visits_every_layout_once(tiny_space: Path, tmp_path: Path):
     # Optuna's BruteForceSampler would call study.stop() when the grid is used up, which only
     # works inside Study.optimize; the driver caps n_trials at the grid size instead.
