@@ -24,9 +24,12 @@ from typing import Any, Optional
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from search.space import safe_yaml
 from search.engine.objectives import OBJECTIVES, check_objectives
 from search.engine.probe import connect_error
+from search.engine.refine import RefineSettings
+from search.measure.settings import CLOCKS, PRESETS, LatencySettings, ProxySettings
+from search.space import safe_yaml
+from search.space.spec import DTYPES, DEVICE_HELP, Budget, is_device
 
 
 class SettingsError(ValueError):
@@ -38,14 +41,32 @@ class SettingsError(ValueError):
 
 
 def _key(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A setting with its meaning (and allowed values) for `help_text`."""
+    """A setting only the command line has (the wings' own are `declared` or `override`)."""
     return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _wing_field(cls: type, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(cls) if f.name == name)
+
+
+def declared(cls: type, name: str) -> Any:
+    """A key whose default and help are those of the wing's own settings field `cls.name`."""
+    wing = _wing_field(cls, name)
+    if wing.default_factory is not dataclasses.MISSING:
+        return field(default_factory=wing.default_factory, metadata=wing.metadata)
+    return field(default=wing.default, metadata=wing.metadata)
+
+
+def override(cls: type, name: str, otherwise: str) -> Any:
+    """A key that overrides the wing's field `cls.name` where given; unset (None), the value
+    comes from elsewhere (`otherwise`: the preset's, the space's)."""
+    meta = _wing_field(cls, name).metadata
+    return field(default=None, metadata={"help": f"{meta['help']}; default: {otherwise}",
+                                         "choices": meta.get("choices")})
 
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 EXECUTORS = ("ray", "inline")
-DEVICES = ("auto", "cpu", "cuda", "cuda:N")
-DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass
@@ -56,7 +77,7 @@ class SearchSettings:
     study_name: Optional[str] = _key(None, "letters, digits and ._+=- (at most 100); default: <space>-<data>-<preset>-s<seed>")
     storage: Optional[str] = _key(None, "SQLAlchemy URL; default: sqlite:///<results_dir>/<study>/study.db")
     objectives: list[str] = field(default_factory=lambda: ["accuracy", "latency"], metadata={
-        "help": "objectives: accuracy, latency, then any extras (the table in search/objectives.py)",
+        "help": "objectives: accuracy, latency, then any extras (the table in search/engine/objectives.py)",
         "choices": tuple(OBJECTIVES)})
     max_retries: int = _key(1, "re-runs of a trial whose worker died")
     enqueue_references: bool = _key(True, "try the paper's C1 and symmetric layouts first")
@@ -74,49 +95,46 @@ class RaySettings:
 
 @dataclass
 class RefineOverrides:
-    trainings: int = _key(8, "extra trainings after the search where front membership is in doubt (0: off)")
-    max_replicates: int = _key(3, "trainings per architecture at most, its first one included (>= 1)")
-    margin_se: float = _key(2.0, "in doubt: not beaten by more than this many standard errors (> 0)")
+    trainings: int = declared(RefineSettings, "trainings")
+    max_replicates: int = declared(RefineSettings, "max_replicates")
+    margin_se: float = declared(RefineSettings, "margin_se")
 
 
 @dataclass
 class DataSettings:
     name: str = _key("cifar10", "dataset", ("cifar10", "fashion_mnist", "imagefolder"))
-    root: Optional[str] = _key(None, "file or folder of the dataset; default: looked up (see search/data.py)")
+    root: Optional[str] = _key(None, "file or folder of the dataset; default: looked up (see search/measure/data.py)")
 
 
 @dataclass
 class ProxyOverrides:
-    preset: str = _key("default", "proxy training recipe", ("smoke", "default", "thorough"))
-    epochs: Optional[int] = _key(None, "training epochs (>= 1); default: the preset's")
-    batch_size: Optional[int] = _key(None, "training batch size (>= 1); default: the preset's")
-    lr: Optional[float] = _key(None, "peak learning rate (> 0); default: the preset's")
-    train_size: Optional[int] = _key(None, "training images (>= 1); default: the preset's")
-    val_size: Optional[int] = _key(None, "validation images (>= 1); default: the preset's")
-    device: Optional[str] = _key(None, "device of proxy training; default: cuda when present, else cpu", DEVICES)
+    preset: str = _key("default", "proxy training recipe", tuple(PRESETS))
+    epochs: Optional[int] = override(ProxySettings, "epochs", "the preset's")
+    batch_size: Optional[int] = override(ProxySettings, "batch_size", "the preset's")
+    lr: Optional[float] = override(ProxySettings, "lr", "the preset's")
+    train_size: Optional[int] = override(ProxySettings, "train_size", "the preset's")
+    val_size: Optional[int] = override(ProxySettings, "val_size", "the preset's")
+    device: Optional[str] = override(ProxySettings, "device", "auto")
 
 
 @dataclass
 class BudgetOverrides:
-    max_latency_ms: Optional[float] = _key(None, "latency ceiling in ms (> 0); default: the space's")
-    max_macs: Optional[float] = _key(None, "MACs ceiling (> 0); default: the space's")
-    max_params: Optional[float] = _key(None, "parameter ceiling (> 0); default: the space's")
+    max_latency_ms: Optional[float] = override(Budget, "max_latency_ms", "the space's")
+    max_macs: Optional[float] = override(Budget, "max_macs", "the space's")
+    max_params: Optional[float] = override(Budget, "max_params", "the space's")
 
 
 @dataclass
 class ProfileOverrides:
-    device: Optional[str] = _key(None, "device latency is measured on; default: the space's target device", DEVICES)
-    batch_size: Optional[int] = _key(None, "batch size of latency timing (>= 1); default: the space's")
-    dtype: Optional[str] = _key(None, "dtype of latency timing; default: the space's (the paper times GPUs "
-                                      "at float16)", DTYPES)
-    compile: Optional[bool] = _key(None, "torch.compile each network before timing; default: the space's")
-    min_time_s: float = _key(1.0, "time each candidate for at least this long (> 0, at most 3600)")
-    min_iters: int = _key(10, "and at least this many forward passes (>= 1)")
-    clock: str = _key("wall", "wall: what a user waits for; cpu: process CPU time, for machines shared with "
-                              "other work", ("wall", "cpu"))
-    target_rel_ci: float = _key(0.01, "time a window until each latency's 95% interval is within this "
-                                      "fraction (> 0)")
-    max_time_s: float = _key(60.0, "at most this long per profiling window (> 0)")
+    device: Optional[str] = override(LatencySettings, "device", "the space's target device")
+    batch_size: Optional[int] = override(LatencySettings, "batch_size", "the space's")
+    dtype: Optional[str] = override(LatencySettings, "dtype", "the space's")
+    compile: Optional[bool] = override(LatencySettings, "compile", "the space's")
+    min_time_s: float = declared(LatencySettings, "min_time_s")
+    min_iters: int = declared(LatencySettings, "min_iters")
+    clock: str = declared(LatencySettings, "clock")
+    target_rel_ci: float = declared(LatencySettings, "target_rel_ci")
+    max_time_s: float = declared(LatencySettings, "max_time_s")
     cache: Optional[str] = _key(None, "profile cache file; default: <results_dir>/profile_cache.sqlite, shared by studies")
     node: Optional[str] = _key(None, "Ray: the node that measures latency (node id prefix, IP or host); "
                                      "default: the driver's")
@@ -137,7 +155,6 @@ class RunSettings:
     proxy: ProxyOverrides = field(default_factory=ProxyOverrides)
     budget: BudgetOverrides = field(default_factory=BudgetOverrides)
     profile: ProfileOverrides = field(default_factory=ProfileOverrides)
-
 
 
 def all_keys(node: Any = None, prefix: str = "") -> dict[str, Any]:
@@ -272,7 +289,7 @@ def _check_choices(s: RunSettings) -> None:
                                 + (f" (did you mean {hint[0]!r}?)" if hint else ""))
 
     choose("executor", s.executor, EXECUTORS)
-    choose("profile.clock", s.profile.clock, ("wall", "cpu"))
+    choose("profile.clock", s.profile.clock, CLOCKS)
     if s.profile.dtype is not None:
         choose("profile.dtype", s.profile.dtype, DTYPES)
     choose("search.sampler", s.search.sampler, SAMPLERS)
@@ -333,8 +350,7 @@ def _check_values(s: RunSettings) -> None:
     number("profile.max_time_s", 0, above=True, high=86400)
     for key in ("proxy.device", "profile.device"):
         device = getattr(getattr(s, key.split(".")[0]), "device")
-        need(key, device is None or bool(re.fullmatch(r"auto|cpu|cuda(:\d{1,2})?", device)),
-             "choose auto, cpu, cuda or cuda:N")
+        need(key, device is None or is_device(device), f"choose {DEVICE_HELP}")
 
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}")

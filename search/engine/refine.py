@@ -13,7 +13,7 @@ stopped, with the budget that is left.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import optuna
@@ -28,13 +28,16 @@ from search.engine.replicates import LatencyHistory, Replicate, ReplicateStore
 
 @dataclass(frozen=True)
 class RefineSettings:
-    trainings: int = 8  # extra trainings for the whole study (0: no refinement)
-    max_replicates: int = 3  # per architecture, its own training included
-    margin_se: float = 2.0
+    trainings: int = field(default=8, metadata={
+        "help": "extra trainings after the search where front membership is in doubt (0: off)"})
+    max_replicates: int = field(default=3, metadata={
+        "help": "trainings per architecture at most, its first one included (>= 1)"})
+    margin_se: float = field(default=2.0, metadata={
+        "help": "in doubt: not beaten by more than this many standard errors (> 0)"})
 
 
 @dataclass(frozen=True)
-class Candidate:
+class Contender:
     trial: FrozenTrial
     arch_hash: str
     mean: float
@@ -43,9 +46,9 @@ class Candidate:
     latency_ms: float
 
 
-def candidates(study: optuna.Study, store: ReplicateStore) -> list[Candidate]:
+def candidates(study: optuna.Study, store: ReplicateStore) -> list[Contender]:
     """Trained, feasible, finished architectures (one trial each) with their estimates."""
-    seen: dict[str, Candidate] = {}
+    seen: dict[str, Contender] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         record = TrialRecord.load(trial)
         if record.reused_from is not None or record.arch_hash in seen or record.latency_ms is None:
@@ -54,14 +57,14 @@ def candidates(study: optuna.Study, store: ReplicateStore) -> list[Candidate]:
             continue
         estimate = store.estimate(trial)
         if estimate is not None:
-            seen[record.arch_hash] = Candidate(trial, record.arch_hash, estimate.mean, estimate.se, estimate.n,
+            seen[record.arch_hash] = Contender(trial, record.arch_hash, estimate.mean, estimate.se, estimate.n,
                                                record.latency_ms)
     return list(seen.values())
 
 
-def in_doubt(pool: list[Candidate], margin_se: float) -> list[Candidate]:
+def in_doubt(pool: list[Contender], margin_se: float) -> list[Contender]:
     """Candidates no other one beats decisively (at no more latency, by > margin SEs)."""
-    def beaten(c: Candidate) -> bool:
+    def beaten(c: Contender) -> bool:
         return any(o is not c and o.latency_ms <= c.latency_ms
                    and o.mean - c.mean > margin_se * math.hypot(o.se, c.se) for o in pool)
 
@@ -79,13 +82,13 @@ class Refiner:
         self.train_args, self.num_cpus, self.num_gpus = train_args, num_cpus, num_gpus
         self.on_event, self.check_stop = on_event, check_stop
         self.store = ReplicateStore(study)
-        self.running: dict[Job, tuple[Candidate, int]] = {}
+        self.running: dict[Job, tuple[Contender, int]] = {}
         self.failures = 0  # failed replicates spend budget too, so a broken one cannot loop
 
     def budget_left(self) -> int:
         return self.settings.trainings - self.store.all_extra() - len(self.running) - self.failures
 
-    def next_round(self) -> list[Candidate]:
+    def next_round(self) -> list[Contender]:
         busy = {c.arch_hash for c, _ in self.running.values()}
         doubtful = [c for c in in_doubt(candidates(self.study, self.store), self.settings.margin_se)
                     if c.n < self.settings.max_replicates and c.arch_hash not in busy]
@@ -109,7 +112,7 @@ class Refiner:
                 self.executor.cancel(job)  # finished replicates are stored already
             raise
 
-    def _start(self, candidate: Candidate) -> None:
+    def _start(self, candidate: Contender) -> None:
         k = candidate.n + len([1 for c, _ in self.running.values() if c.arch_hash == candidate.arch_hash])
         seed = replicate_seed(int(TrialRecord.load(candidate.trial).proxy_seed or 0), k)
         job = self.executor.submit(jobs.train_candidate, *self.train_args(candidate.trial, seed),

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,6 +26,25 @@ from ascan.config import C_BLOCKS, NUM_STAGES, STAGE_PATTERN, T_BLOCKS
 from search.space import safe_yaml
 
 FAMILIES = ("symmetric", "asymmetric")
+# Where and in which precision a network runs: the spec's target, the command line and the
+# profiler all read these. A device is one of DEVICES or `cuda:N` (`is_device`).
+DTYPES = ("float32", "float16", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda")
+DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+DEVICE_CHOICES = (*DEVICES, "cuda:N")  # as help shows them
+
+
+def is_device(name: object) -> bool:
+    return isinstance(name, str) and (name in DEVICES or re.fullmatch(r"cuda:\d{1,2}", name) is not None)
+
+
+def setting(default: Any, help: str, choices: Sequence[str] | None = None) -> Any:
+    """A settings field with its meaning (and allowed values), which `run_search.py help`
+    and the settings reference show: the default and the help are written once, here."""
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 DEFAULT_WIDTHS = (64, 128, 256, 512)
 # Upper bounds (inclusive) on numbers, far above any sane network yet small enough that
 # nothing downstream overflows, hangs or runs out of memory. Lower bounds are in `setting`.
@@ -96,11 +116,11 @@ class TargetSettings:
     channels_last: bool = True
     compile: bool = False
     num_classes: int = 1000
-    CHOICES: ClassVar[dict] = {"dtype": ("float32", "float16", "bfloat16"), "device": ("auto", "cpu", "cuda")}
+    CHOICES: ClassVar[dict] = {"dtype": DTYPES, "device": DEVICES}
 
 
 @dataclass(frozen=True)
-class ProxySettings:
+class SpecProxy:
     """How a candidate is shrunk for short training: every width x width_mult, smaller images."""
 
     width_mult: float = 0.25
@@ -116,9 +136,9 @@ class Budget:
     """Optional ceilings on the target network (None: no ceiling); a trial above any of
     them is infeasible and not trained."""
 
-    max_latency_ms: float | None = None
-    max_macs: float | None = None
-    max_params: float | None = None
+    max_latency_ms: float | None = setting(None, "latency ceiling in ms (> 0)")
+    max_macs: float | None = setting(None, "MACs ceiling (> 0)")
+    max_params: float | None = setting(None, "parameter ceiling (> 0)")
 
     def keys(self) -> list[str]:
         return [k for k in ("latency_ms", "macs", "params") if getattr(self, f"max_{k}") is not None]
@@ -195,7 +215,7 @@ class Spec:
     constraints: Constraints
     network: NetworkSettings
     target: TargetSettings
-    proxy: ProxySettings
+    proxy: SpecProxy
     budget: Budget
     report: ReportSettings
 
@@ -259,7 +279,7 @@ def read_spec(path: Path) -> Spec:
         t_blocks=read.names(blocks.get("t", "attention"), "blocks.t", T_BLOCKS),
         network=read.settings(top.get("network"), "network", NetworkSettings),
         target=read.settings(top.get("target"), "target", TargetSettings),
-        proxy=read.settings(top.get("proxy"), "proxy", ProxySettings),
+        proxy=read.settings(top.get("proxy"), "proxy", SpecProxy),
         budget=read.settings(top.get("budget"), "budget", Budget),
         report=read.settings(top.get("report"), "report", ReportSettings))
     _check_size(read, spec)
