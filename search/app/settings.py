@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import itertools
 import math
 import os
 import re
 import tempfile
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from search.engine.objectives import OBJECTIVES, check_objectives
 from search.engine.probe import connect_error
@@ -198,6 +200,25 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
+# Names people type for an allowed value: matched before spelling (`suggest`).
+ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16",
+           "local": "inline", "serial": "inline", "nsgaii": "nsga2", "nsga-ii": "nsga2", "bayes": "gp",
+           "gpu": "cuda", "quick": "smoke", "acc": "accuracy", "time": "latency"}
+
+
+def suggest(value: Any, allowed: Any) -> str:
+    """' (did you mean 'x'?)' for a value close to one allowed: same letters in another case,
+    a known alias, or a near spelling; '' when nothing is close."""
+    allowed = [str(a) for a in allowed]
+    text = str(value).strip().lower()
+    by_case = {a.lower(): a for a in allowed}
+    match = by_case.get(text) or (ALIASES.get(text) if ALIASES.get(text) in allowed else None)
+    if match is None:
+        close = difflib.get_close_matches(text, list(by_case), n=1)
+        match = by_case[close[0]] if close else None
+    return f" (did you mean {match!r}?)" if match is not None else ""
+
+
 def _clip(value: Any, limit: int = 80) -> str:
     """`value` as a message shows it: repr'd strings, at most `limit` characters."""
     text = repr(value) if isinstance(value, str) else str(value)
@@ -252,15 +273,18 @@ def parse_args(argv: list[str]) -> RunSettings:
     schema = OmegaConf.structured(RunSettings)
     saved: list[dict] = []
     dotlist = []
+    given: dict[str, str] = {}
     for arg in argv:
         key, value = _split(arg)
+        if key != "config" and key not in all_keys():
+            hint = suggest(key, all_keys())
+            raise SettingsError(f"{_clip(key)}: unknown key" + (hint or " (try 'help')"))
+        if key in given:  # the last one silently winning would hide a typo
+            raise SettingsError(f"{key}: given twice ({_clip(given[key], 30)} and {_clip(value, 30)}); keep one")
+        given[key] = value
         if key == "config":
             saved.append(_read_config(value))
             continue
-        if key not in all_keys():
-            hint = difflib.get_close_matches(key, all_keys(), n=3)
-            raise SettingsError(f"{_clip(key)}: unknown key"
-                                + (f" (did you mean {', '.join(hint)}?)" if hint else " (try 'help')"))
         try:  # OmegaConf reads each value as YAML: refuse aliases, deep nesting, control characters first
             parsed = safe_yaml.load(value)
         except safe_yaml.YamlError as err:
@@ -268,25 +292,78 @@ def parse_args(argv: list[str]) -> RunSettings:
         if isinstance(parsed, dict) and any(v is None and ":" in str(k) for k, v in parsed.items()):
             # YAML reads {deploy_gpu:1} as one key "deploy_gpu:1" with no value
             raise SettingsError(f"{key}={_clip(value)}: write a space after each colon, e.g. {{deploy_gpu: 1}}")
+        _check_type(key, value, parsed)
         dotlist.append(arg)
     try:
         merged = OmegaConf.merge(schema, *saved, OmegaConf.from_dotlist(dotlist))
         settings: RunSettings = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    except OmegaConfBaseException as err:
+    except MissingMandatoryValue:
+        raise SettingsError("space: missing; name a space (space=hybrid) or a saved config (config=FILE); "
+                            "try 'help'") from None
+    except OmegaConfBaseException as err:  # a saved config's value (command-line values are checked above)
         key = getattr(err, "full_key", None) or "?"
-        reason = str(err).splitlines()[0]
-        raise SettingsError(f"{_clip(key)}: {reason}") from None
+        raise SettingsError(f"{_clip(key)}: {_type_rule(key) or str(err).splitlines()[0]}") from None
     _check_choices(settings)
     _check_values(settings)
     return settings
 
 
+@functools.cache
+def _types() -> dict[str, Any]:
+    """Every dotted key's declared type (`Optional[int]`, `list[str]`, ...)."""
+    def walk(cls: type, prefix: str) -> dict[str, Any]:
+        found = {}
+        for name, hint in typing.get_type_hints(cls).items():
+            found.update(walk(hint, f"{prefix}{name}.") if dataclasses.is_dataclass(hint) else {prefix + name: hint})
+        return found
+
+    return walk(RunSettings, "")
+
+
+def _type_rule(key: str) -> str:
+    """What a value of `key` must be, in words ('' for an unknown key)."""
+    hint = _types().get(key)
+    if hint is None:
+        return ""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
+    optional = " (or null)" if base is not hint else ""
+    rule = {int: "a whole number", float: "a number", bool: "true or false", str: "a word"}.get(base)
+    if typing.get_origin(base) is list:
+        rule = "a list in brackets, e.g. [accuracy,latency]"
+    elif typing.get_origin(base) is dict:
+        rule = "a mapping in braces, e.g. {deploy_gpu: 1}"
+    return f"expected {rule}{optional}"
+
+
+def _reads_as(kind: type, parsed: Any) -> bool:
+    """A string OmegaConf converts, e.g. 1e9 (YAML 1.1 reads it as a string) to a float."""
+    try:
+        return isinstance(parsed, str) and kind(parsed) is not None
+    except ValueError:
+        return False
+
+
+def _check_type(key: str, text: str, parsed: Any) -> None:
+    """A command-line value has its key's type, so no OmegaConf message reaches the user."""
+    hint = _types()[key]
+    if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        if parsed is None:
+            return
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    base = typing.get_origin(hint) or hint
+    number = isinstance(parsed, (int, float)) and not isinstance(parsed, bool) or _reads_as(float, parsed)
+    ok = {int: isinstance(parsed, int) and not isinstance(parsed, bool) or _reads_as(int, parsed), float: number,
+          bool: isinstance(parsed, bool), str: isinstance(parsed, str) or number,
+          list: isinstance(parsed, list), dict: isinstance(parsed, dict)}.get(base, True)
+    if not ok:
+        raise SettingsError(f"{key}={_clip(text)}: {_type_rule(key)}")
+
+
 def _check_choices(s: RunSettings) -> None:
     def choose(key: str, value: Any, allowed: tuple[str, ...]) -> None:
         if value not in allowed:
-            hint = difflib.get_close_matches(str(value), allowed, n=1)
-            raise SettingsError(f"{key}={value!r}: choose one of {', '.join(allowed)}"
-                                + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            raise SettingsError(f"{key}={_clip(value)}: choose one of {', '.join(allowed)}" + suggest(value, allowed))
 
     choose("executor", s.executor, EXECUTORS)
     choose("profile.clock", s.profile.clock, CLOCKS)
@@ -372,11 +449,12 @@ def validate(s: RunSettings) -> None:
     from search.measure.proxy import PRESETS, preset
 
     if s.data.name not in DATASETS:
-        raise SettingsError(f"data.name={_clip(s.data.name)}: choose one of {', '.join(DATASETS)}")
+        raise SettingsError(f"data.name={_clip(s.data.name)}: choose one of {', '.join(DATASETS)}"
+                            + suggest(s.data.name, DATASETS))
     if s.proxy.preset not in PRESETS:
-        hint = difflib.get_close_matches(s.proxy.preset, PRESETS, n=1)
         raise SettingsError(f"proxy.preset={_clip(s.proxy.preset)}: choose one of {', '.join(PRESETS)}"
-                            + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+                            + suggest(s.proxy.preset, PRESETS))
+    _check_space(s.space)
     overrides = {k: v for k, v in dataclasses.asdict(s.proxy).items() if k != "preset" and v is not None}
     try:
         preset(s.proxy.preset, **overrides)
@@ -398,6 +476,16 @@ def validate(s: RunSettings) -> None:
         _check_storage(s.search.storage)
     if s.executor == "ray" and s.ray.address not in (None, "auto"):
         _check_reachable(s.ray.address)
+
+
+def _check_space(name: str) -> None:
+    """The spec reads and builds (so a sweep's last space is checked before its first runs)."""
+    from search.space.space import SpecError, load_space
+
+    try:
+        load_space(name)
+    except SpecError as err:
+        raise SettingsError(str(err)) from None  # it names the spec file or the space
 
 
 def _check_device(key: str, device: str | None) -> None:
