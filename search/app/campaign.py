@@ -95,7 +95,7 @@ class Campaign:
         if settings.dry_run:
             return cls(settings, space, study_name_for(space, settings), Path(settings.results_dir), "", 0, 0)
         try:
-            dataset = load_dataset(settings.data.name, settings.data.root)
+            dataset = load_dataset(settings.data.name, settings.data.root, download=settings.data.download)
         except DataError as err:
             raise BadInput(str(err)) from None
         name = study_name_for(space, settings)

@@ -106,6 +106,8 @@ class RefineOverrides:
 class DataSettings:
     name: str = _key("cifar10", "dataset", ("cifar10", "fashion_mnist", "imagefolder"))
     root: Optional[str] = _key(None, "file or folder of the dataset; default: looked up (see search/measure/data.py)")
+    download: bool = _key(False, "cifar10 only: when it is not found, fetch it (170 MB, checksum verified) into "
+                                 "data.root or ~/.cache/ascan-search")
 
 
 @dataclass
@@ -455,6 +457,8 @@ def validate(s: RunSettings) -> None:
         raise SettingsError(f"proxy.preset={_clip(s.proxy.preset)}: choose one of {', '.join(PRESETS)}"
                             + suggest(s.proxy.preset, PRESETS))
     _check_space(s.space)
+    if not s.dry_run:
+        _check_data(s)
     overrides = {k: v for k, v in dataclasses.asdict(s.proxy).items() if k != "preset" and v is not None}
     try:
         preset(s.proxy.preset, **overrides)
@@ -486,6 +490,17 @@ def _check_space(name: str) -> None:
         load_space(name)
     except SpecError as err:
         raise SettingsError(str(err)) from None  # it names the spec file or the space
+
+
+def _check_data(s: RunSettings) -> None:
+    """The data set is where the settings say, or will be downloaded (read later, in full)."""
+    from search.measure.data import DataError, find_dataset_root
+
+    try:
+        find_dataset_root(s.data.name, s.data.root)
+    except DataError as err:
+        if not (s.data.download and s.data.name == "cifar10"):
+            raise SettingsError(str(err)) from None
 
 
 def _check_device(key: str, device: str | None) -> None:
