@@ -6,6 +6,7 @@
     python run_search.py space=hybrid,paper                # a sweep: one study per value
     python run_search.py config=results/<study>/config.yaml   # rerun a saved study
     python run_search.py help                              # every key, its default and meaning
+    python run_search.py space=paper quick=true            # a few-minute demonstration of the whole flow
 
 Writes `results/<study>/`: `study.db` (Optuna storage), `config.yaml` (the resolved
 settings), `trials.csv`, `dashboard.html`. Re-running the same command resumes the study.
@@ -27,8 +28,11 @@ EXIT_INTERRUPTED = 130
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from search.app.settings import SettingsError, help_text, parse_sweep, validate
+    from search.app.settings import SettingsError, help_markdown, help_text, parse_sweep, validate
 
+    if argv == ["help", "--markdown"]:  # the settings reference page, docs/settings.md
+        print(help_markdown(), end="")
+        return 0
     if not argv or argv[0] in ("help", "-h", "--help"):
         print(help_text())
         return 0 if argv else EXIT_BAD_INPUT
@@ -57,6 +61,7 @@ def _bad_input(err: BaseException) -> int:
 
 def _run(settings) -> int:
     from search.app.campaign import BadInput, Campaign
+    from search.app.heartbeat import Heartbeat
     from search.engine.executor import ClusterError
 
     try:
@@ -69,7 +74,8 @@ def _run(settings) -> int:
     print(campaign.header())
     started = time.monotonic()
     try:
-        campaign.run()
+        with Heartbeat(campaign.doing):
+            campaign.run()
     except BadInput as err:
         return _bad_input(err)
     except KeyboardInterrupt:

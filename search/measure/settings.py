@@ -112,7 +112,7 @@ class LatencySettings:
 
     device: str = setting("auto", "device latency is measured on", DEVICE_CHOICES)
     batch_size: int = setting(1, "batch size of latency timing (>= 1)")
-    img_size: int = 224
+    img_size: int = setting(224, "image size (pixels per side) of latency timing (>= 8)")
     in_chans: int = 3
     dtype: str = setting("float32", "dtype of latency timing (the paper times GPUs at float16)", DTYPES)
     channels_last: bool = False
