@@ -350,12 +350,21 @@ class Campaign:
             lines.append(time_line)
         lines += ["", f"dashboard: {dashboard}", f"trials:    {csv}", f"storage:   {self.storage_url}",
                   f"config:    {self.folder / 'config.yaml'}"]
+        if not interrupted and self.settings.quick:  # the whole flow, findings included
+            lines.append(f"findings:  {self.write_findings()}")
         if not interrupted:
             lines += ["", *next_steps(study, self.folder, dashboard, self.budget().max_latency_ms, self.settings.quick)]
         text = "\n".join(lines)
         if interrupted:
             print(text, file=sys.stderr)
         return text
+
+    def write_findings(self) -> Path:
+        """The paper's claims checked on this study (`python -m search.findings`): findings.md."""
+        from search.report.findings import build_report, write_findings
+
+        markdown, _ = write_findings(build_report([self.folder], self.budget().max_latency_ms), self.folder)
+        return markdown
 
 
 QUICK_NOTE = ("quick start: a DEMONSTRATION of the whole flow (a small proxy on 640 images, latency of "

@@ -3,9 +3,13 @@
 Keys are set Hydra-style on the command line (`search.n_trials=40 proxy.epochs=3
 executor=inline`); `config=results/<study>/config.yaml` starts from a saved study's settings
 (later keys override it), and `key=a,b` sweeps: one run per value (`parse_sweep`).
-OmegaConf checks names and types against the dataclasses below, whose field metadata is
-the help text. Every value is then checked (`parse_args`), and the machine is checked
-(`validate`: paths writable, devices present, storage URL usable) before anything is
+The schema is the dataclasses below. A key that is a setting of one wing (proxy training and
+latency timing in `search/measure/settings.py`, refinement in `search/engine/refine.py`,
+the budget in `search/space/spec.py`) takes that field's default and help (`declared`,
+`override`), so each default is written once; field metadata is the help text. Each key
+is checked for name, repetition and type before OmegaConf merges it (so messages are
+ours), then every value (`parse_args`), then the machine (`validate`: the space reads, the
+data is there, paths writable, devices present, storage URL usable) before anything is
 created. Any problem is a one-line `SettingsError` naming the key and (clipped) value.
 """
 from __future__ import annotations
