@@ -6,6 +6,7 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 
 import run_search
 from search.app.campaign import export_pick
@@ -57,3 +58,31 @@ def test_the_pick_is_the_most_accurate_within_budget_and_the_fastest_of_its_ties
 def test_help_markdown_is_what_the_command_prints(capsys):
     assert run_search.main(["help", "--markdown"]) == 0
     assert capsys.readouterr().out == help_markdown()
+
+
+@pytest.mark.slow
+def test_a_quick_run_ends_with_the_findings_and_what_to_do_next(tiny_space, tmp_path):
+    from search.app.campaign import Campaign
+
+    settings = parse_args([f"space={tiny_space}", "quick=true", f"results_dir={tmp_path}", "search.n_trials=2",
+                           "proxy.epochs=1", "proxy.train_size=128", "proxy.val_size=100", "refine.trainings=0",
+                           "profile.min_time_s=0.05"])
+    campaign = Campaign.from_settings(settings)
+    assert "DEMONSTRATION" in campaign.header()
+    campaign.run()
+    text = campaign.finish(interrupted=False)
+    folder = campaign.folder
+    assert (folder / "findings.md").is_file() and f"findings:  {folder / 'findings.md'}" in text
+    assert "DEMONSTRATION numbers" in text
+    next_lines = text[text.index("next:"):].splitlines()
+    assert next_lines[1] == f"  open the dashboard:  {folder / 'dashboard.html'}"
+    export = next_lines[2].split("export the pick:", 1)[1].split()
+    assert export[:5] == ["python", "-m", "search.export", str(folder), "--trial"]
+    assert int(export[5]) in {int(n) for n in campaign_front_numbers(campaign)}
+    assert f"python -m search.findings {folder}" in text
+
+
+def campaign_front_numbers(campaign) -> list[int]:
+    from search.report.tables import front_frame
+
+    return list(front_frame(campaign.study)["number"])
