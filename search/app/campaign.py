@@ -123,7 +123,11 @@ class Campaign:
                 f"{self.n_trials} trials, sampler {s.search.sampler} (seed {s.search.seed}), "
                 f"executor {s.executor}, data {s.data.name}, proxy preset {s.proxy.preset}\n"
                 f"storage {self.storage_url}")
-        return (QUICK_NOTE.format(img_size=s.profile.img_size) + "\n" + text) if s.quick else text
+        if not s.quick:
+            return text
+        note = QUICK_NOTE.format(images=resolve_proxy(s).train_size, img_size=s.profile.img_size or self.space.target.img_size,
+                                 ci=s.profile.target_rel_ci)
+        return note + "\n" + text
 
     def doing(self) -> str:
         """What the run is doing now, for the heartbeat line."""
@@ -367,8 +371,8 @@ class Campaign:
         return markdown
 
 
-QUICK_NOTE = ("quick start: a DEMONSTRATION of the whole flow (a small proxy on 640 images, latency of "
-              "{img_size}-pixel targets timed to a loose 5% interval); its numbers are not for decisions")
+QUICK_NOTE = ("quick start: a DEMONSTRATION of the whole flow (a small proxy on {images} images, latency of "
+              "{img_size}-pixel targets timed to a loose {ci:.0%} interval); its numbers are not for decisions")
 
 
 def export_pick(front: Any, max_latency_ms: float | None) -> Any:
@@ -395,7 +399,7 @@ def next_steps(study: optuna.Study, folder: Path, dashboard: Path, max_latency_m
                   "its ties; the front shows the re-profiled latency, the export keeps the trial's own)"]
     lines.append(f"  check the claims:    python -m search.findings {folder}")
     if quick:
-        lines.append("  then the real search (about 25 min on 2 CPU cores): drop quick=true")
+        lines.append("  then the real search (about 25 min on 2 idle CPU cores): drop quick=true")
     return lines
 
 
