@@ -86,7 +86,7 @@ def _help_defaults() -> dict[str, str]:
 
 @pytest.mark.parametrize("prefix, wing", [
     ("profile", "search.measure.settings:LatencySettings"), ("proxy", "search.measure.settings:ProxySettings"),
-    ("refine", "search.engine.refine:RefineSettings"), ("budget", "search.space.spec:Budget")])
+    ("refine", "search.engine.settings:RefineSettings"), ("budget", "search.space.settings:Budget")])
 def test_each_default_is_the_wings_own(prefix, wing):
     """A key that is a wing's setting shows the wing's default and help, or (an override)
     None with the wing's help: the CLI declares no default of its own."""
@@ -123,3 +123,13 @@ def test_cuda_n_is_one_rule_for_the_command_line_and_the_profiler():
         parse_args(["space=paper", "profile.device=cuda1"])
     with pytest.raises(ProfileError, match="choose auto, cpu, cuda or cuda:N"):
         LatencySettings(device="cuda1")
+
+
+def test_the_schema_is_read_without_torch():
+    """`run_search.py help` and every bad-input message come before any heavy import."""
+    import subprocess
+    import sys
+
+    code = "import sys, search.app.settings as s; s.help_text(); print(sorted({'torch', 'optuna', 'ascan'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

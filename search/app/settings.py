@@ -4,8 +4,8 @@ Keys are set Hydra-style on the command line (`search.n_trials=40 proxy.epochs=3
 executor=inline`); `config=results/<study>/config.yaml` starts from a saved study's settings
 (later keys override it), and `key=a,b` sweeps: one run per value (`parse_sweep`).
 The schema is the dataclasses below. A key that is a setting of one wing (proxy training and
-latency timing in `search/measure/settings.py`, refinement in `search/engine/refine.py`,
-the budget in `search/space/spec.py`) takes that field's default and help (`declared`,
+latency timing in `search/measure/settings.py`, refinement in `search/engine/settings.py`,
+the budget in `search/space/settings.py`) takes that field's default and help (`declared`,
 `override`), so each default is written once; field metadata is the help text. Each key
 is checked for name, repetition and type before OmegaConf merges it (so messages are
 ours), then every value (`parse_args`), then the machine (`validate`: the space reads, the
@@ -32,10 +32,10 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from search.engine.objectives import OBJECTIVES, check_objectives
 from search.engine.probe import connect_error
-from search.engine.refine import RefineSettings
+from search.engine.settings import RefineSettings
 from search.measure.settings import CLOCKS, PRESETS, LatencySettings, ProxySettings
 from search.space import safe_yaml
-from search.space.spec import DTYPES, DEVICE_HELP, Budget, is_device
+from search.space.settings import DEVICE_HELP, DTYPES, Budget, is_device
 
 
 class SettingsError(ValueError):

@@ -13,7 +13,7 @@ stopped, with the budget that is left.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import optuna
@@ -23,17 +23,8 @@ from search.measure import jobs
 from search.measure.estimate import replicate_seed
 from search.engine.executor import Executor, Job, JobFailed, WorkerLost
 from search.engine.record import TrialRecord
+from search.engine.settings import RefineSettings  # noqa: F401 (declared apart: read without torch)
 from search.engine.replicates import LatencyHistory, Replicate, ReplicateStore
-
-
-@dataclass(frozen=True)
-class RefineSettings:
-    trainings: int = field(default=8, metadata={
-        "help": "extra trainings after the search where front membership is in doubt (0: off)"})
-    max_replicates: int = field(default=3, metadata={
-        "help": "trainings per architecture at most, its first one included (>= 1)"})
-    margin_se: float = field(default=2.0, metadata={
-        "help": "in doubt: not beaten by more than this many standard errors (> 0)"})
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ from search.measure.macs import MacCount, analytic_macs, count_macs, count_param
 from search.measure.profile_cache import (ProfileCache, ProfileError, ProfileResult, one_line, reference_hash,
                             stable_hash)
 from search.measure.settings import LatencySettings
-from search.space.spec import DTYPES
+from search.space.settings import DTYPES
 
 __all__ = [
     "LatencySettings", "LatencyResult", "measure_latency", "environment_fingerprint", "fingerprint_hash",

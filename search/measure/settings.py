@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from search.measure.profile_cache import ProfileError, from_known_fields, stable_hash
-from search.space.spec import DEVICE_CHOICES, DEVICE_HELP, DTYPES, is_device, setting
+from search.space.settings import DEVICE_CHOICES, DEVICE_HELP, DTYPES, is_device, setting
 
 CLOCKS = ("wall", "cpu")
 AMP_DTYPES = ("bfloat16", "float16", "none")  # autocast dtypes of a CUDA training ("none": off)

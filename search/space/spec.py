@@ -15,36 +15,17 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ascan.config import C_BLOCKS, NUM_STAGES, STAGE_PATTERN, T_BLOCKS
 
 from search.space import safe_yaml
+from search.space.settings import DEVICES, DTYPES, Budget  # noqa: F401 (part of the spec's vocabulary)
 
 FAMILIES = ("symmetric", "asymmetric")
-# Where and in which precision a network runs: the spec's target, the command line and the
-# profiler all read these. A device is one of DEVICES or `cuda:N` (`is_device`).
-DTYPES = ("float32", "float16", "bfloat16")
-DEVICES = ("auto", "cpu", "cuda")
-DEVICE_HELP = "auto, cpu, cuda or cuda:N"
-DEVICE_CHOICES = (*DEVICES, "cuda:N")  # as help shows them
-
-
-def is_device(name: object) -> bool:
-    return isinstance(name, str) and (name in DEVICES or re.fullmatch(r"cuda:\d{1,2}", name) is not None)
-
-
-def setting(default: Any, help: str, choices: Sequence[str] | None = None) -> Any:
-    """A settings field with its meaning (and allowed values), which `run_search.py help`
-    and the settings reference show: the default and the help are written once, here."""
-    meta = {"help": help, "choices": tuple(choices) if choices is not None else None}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
 DEFAULT_WIDTHS = (64, 128, 256, 512)
 # Upper bounds (inclusive) on numbers, far above any sane network yet small enough that
 # nothing downstream overflows, hangs or runs out of memory. Lower bounds are in `setting`.
@@ -129,23 +110,6 @@ class SpecProxy:
     head_dim: int = 16
     drop_path_rate: float = 0.0
     CHOICES: ClassVar[dict] = {"stem_stride": (1, 2)}
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Optional ceilings on the target network (None: no ceiling); a trial above any of
-    them is infeasible and not trained."""
-
-    max_latency_ms: float | None = setting(None, "latency ceiling in ms (> 0)")
-    max_macs: float | None = setting(None, "MACs ceiling (> 0)")
-    max_params: float | None = setting(None, "parameter ceiling (> 0)")
-
-    def keys(self) -> list[str]:
-        return [k for k in ("latency_ms", "macs", "params") if getattr(self, f"max_{k}") is not None]
-
-    def violations(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Relative excess per ceiling (> 0 means over budget) for the metrics known so far."""
-        return {key: metrics[key] / getattr(self, f"max_{key}") - 1.0 for key in self.keys() if key in metrics}
 
 
 @dataclass(frozen=True)
