@@ -6,6 +6,7 @@
     python run_search.py space=hybrid,paper                # a sweep: one study per value
     python run_search.py config=results/<study>/config.yaml   # rerun a saved study
     python run_search.py help                              # every key, its default and meaning
+    python run_search.py space=paper quick=true            # a few-minute demonstration of the whole flow
 
 Writes `results/<study>/`: `study.db` (Optuna storage), `config.yaml` (the resolved
 settings), `trials.csv`, `dashboard.html`. Re-running the same command resumes the study.
@@ -30,8 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     from search.app.streams import outlive_closed_output
 
     outlive_closed_output()  # `| head -1`, a dropped terminal: the run goes on (first: a logger keeps its stream)
-    from search.app.settings import SettingsError, help_text, parse_sweep, validate
+    from search.app.settings import SettingsError, help_markdown, help_text, parse_sweep, validate
 
+    if argv == ["help", "--markdown"]:  # the settings reference page, docs/settings.md
+        print(help_markdown(), end="")
+        return 0
     if not argv or argv[0] in ("help", "-h", "--help"):
         print(help_text())
         return 0 if argv else EXIT_BAD_INPUT
@@ -60,6 +64,7 @@ def _bad_input(err: BaseException) -> int:
 
 def _run(settings) -> int:
     from search.app.campaign import BadInput, Campaign, DiskFull
+    from search.app.heartbeat import Heartbeat
     from search.engine.executor import ClusterError
 
     try:
@@ -72,8 +77,9 @@ def _run(settings) -> int:
     print(campaign.header())
     started = time.monotonic()
     try:
-        campaign.run()
-        summary = campaign.finish(interrupted=False)
+        with Heartbeat(campaign.doing):
+            campaign.run()
+            summary = campaign.finish(interrupted=False)
     except BadInput as err:
         return _bad_input(err)
     except KeyboardInterrupt:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (issue #18): one short run on a CUDA machine. Writes everything to $OUT.
+# The GPU check: one short run on a CUDA machine. Writes everything to $OUT.
 #   OUT=/tmp/gpu ASCAN_DATA=<folder with cifar10.npz> bash benchmarks/gpu_check.sh [stage ...]
 # Stages (default: tests search timm; each under its own time cap, so one that hangs costs
 # only its share):

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ascan.zoo import ZOO_CONFIGS  # noqa: E402  (importing ascan registers its zoo with timm)
 from search.measure.macs import analytic_macs, count_macs, count_params, flop_counter_macs  # noqa: E402
-from search.measure.profile import (DTYPES, LatencySettings, environment_fingerprint, measure_latency,  # noqa: E402
+from search.measure.profile import (TORCH_DTYPES, LatencySettings, environment_fingerprint, measure_latency,  # noqa: E402
                             measurement_environment)
 
 MODELS = ("ascan_tiny", "ascan_tiny_sym", "maxvit_tiny_tf_224", "coatnet_0_rw_224", "convnext_tiny",
@@ -50,7 +50,7 @@ class TimmLoop:
     converted, while MaxViT-T, with nothing to fold, differed by 6%)."""
 
     def __init__(self, model: torch.nn.Module, settings: LatencySettings):
-        self.settings, self.device, dtype = settings, torch.device(settings.device), DTYPES[settings.dtype]
+        self.settings, self.device, dtype = settings, torch.device(settings.device), TORCH_DTYPES[settings.dtype]
         memory_format = torch.channels_last if settings.channels_last else None
         model = copy.deepcopy(model) if settings.compile else reparameterize_model(copy.deepcopy(model))
         self.model = model.to(device=self.device, dtype=dtype, memory_format=memory_format).eval()
@@ -148,7 +148,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
+    parser.add_argument("--dtype", default="float32", choices=tuple(TORCH_DTYPES))
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's current count)")
     parser.add_argument("--rounds", type=int, default=4, help="alternate our loop and timm's this many times")

@@ -165,7 +165,7 @@ def table(times: dict[str, list[float]], costs: dict[str, tuple[int, int]], batc
     return df
 
 
-# Issue 8's targets for ascan_tiny (CPU, batch 16): (model, how ascan_tiny must compare, threshold).
+# The targets for ascan_tiny (CPU, batch 16): (model, how ascan_tiny must compare, threshold).
 TARGETS = (("maxvit_tiny_tf_224", "img_s", 2.5), ("coatnet_0_rw_224", "img_s", 1.4), ("convnext_tiny", "GFLOP_s", 0.85))
 
 

@@ -159,13 +159,79 @@ def test_missing_data_error_says_where_it_looked_and_how_to_get_it(tmp_path, mon
     assert "\n" not in message
     for place in (tmp_path / "env", tmp_path / "shared", tmp_path / "cache" / "ascan-search"):
         assert str(place) in message
-    assert "download=True" in message and "ASCAN_DATA" in message
+    assert "data.download=true" in message and "ASCAN_DATA" in message
     with pytest.raises(DataError, match=f"not found \\(looked in: {tmp_path / 'nowhere'}\\)"):
         load_dataset("cifar10", root=tmp_path / "nowhere")  # an explicit root is never second-guessed
     with pytest.raises(DataError, match="imagefolder.*needs data.root"):
         load_dataset("imagefolder")
     with pytest.raises(DataError, match="unknown"):
         load_dataset("mnist3d")
+
+
+# ---------------------------------------------------------------------------- download
+def cifar_archive(folder: Path, arrays: dict) -> Path:
+    """A real archive in the official format (cifar-10-python.tar.gz), from a slice of the data."""
+    import tarfile
+
+    batches = write_batches_dir(folder / "src" / "cifar-10-batches-py", arrays)
+    archive = folder / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(batches, arcname="cifar-10-batches-py")
+    return archive
+
+
+@pytest.fixture
+def offline_download(tmp_path, cifar_slice, monkeypatch):
+    """torchvision's `download_url` replaced by a copy of a real small archive (this machine
+    has no internet); the checksum, unpacking and conversion are the real ones. Returns the
+    list of URLs asked for."""
+    import hashlib
+    import shutil
+
+    import torchvision.datasets.utils as tv_utils
+
+    archive = cifar_archive(tmp_path / "server", cifar_slice)
+    monkeypatch.setattr(data_mod, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    asked = []
+
+    def download_url(url, root, filename=None, md5=None, max_redirect_hops=3):
+        asked.append(url)
+        shutil.copy(archive, Path(root) / filename)
+
+    monkeypatch.setattr(tv_utils, "download_url", download_url)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(data_mod, "project_data_dir", lambda: tmp_path / "no-shared")
+    return asked
+
+
+def test_download_fetches_checks_converts_and_is_found_next_time(tmp_path, cifar_slice, offline_download):
+    data_mod._load_cached.cache_clear()
+    dataset = load_dataset("cifar10", download=True)
+    assert offline_download == [data_mod.CIFAR10_URL]
+    cached = tmp_path / "cache" / "ascan-search" / "cifar10.npz"
+    assert dataset.source == cached and sorted(p.name for p in cached.parent.iterdir()) == ["cifar10.npz"]
+    assert torch.equal(dataset.x_train, torch.from_numpy(cifar_slice["x_train"]).permute(0, 3, 1, 2))
+    assert torch.equal(dataset.y_test, torch.from_numpy(cifar_slice["y_test"]).long())
+    assert find_dataset_root("cifar10") == cached
+    load_dataset("cifar10", download=True)
+    assert len(offline_download) == 1  # found in the cache: not fetched again
+
+
+def test_download_with_the_wrong_checksum_keeps_nothing(tmp_path, offline_download, monkeypatch):
+    monkeypatch.setattr(data_mod, "CIFAR10_MD5", "0" * 32)
+    with pytest.raises(DataError, match="does not have the published MD5"):
+        load_dataset("cifar10", download=True)
+    assert list((tmp_path / "cache" / "ascan-search").iterdir()) == []
+
+
+def test_the_command_line_names_data_download_and_accepts_it(tmp_path, offline_download):
+    from search.app.settings import SettingsError, parse_args, validate
+
+    args = ["space=paper", f"results_dir={tmp_path / 'results'}"]
+    with pytest.raises(SettingsError, match="data.download=true"):
+        validate(parse_args(args))
+    validate(parse_args([*args, "data.download=true"]))  # fetched when the run loads it, not here
+    assert offline_download == []
 
 
 # ---------------------------------------------------------------------------- splitting

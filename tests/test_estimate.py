@@ -34,7 +34,7 @@ def test_one_replicate_carries_the_binomial_error_only():
 
 
 def test_several_replicates_add_the_seed_spread_in_quadrature():
-    accs = [0.515, 0.484, 0.470]  # C1's three seeds, from issue 12
+    accs = [0.515, 0.484, 0.470]  # C1's three seeds on the default recipe (a measured study)
     estimate = combine_replicates([Rep(a, seed=k) for k, a in enumerate(accs)])
     # By hand: mean 1.469 / 3; sample SD sqrt(sum of squared deviations / 2); the binomial part
     # sqrt(mean * (1 - mean) / 2000); the two added in quadrature, the seed part over 3 seeds.

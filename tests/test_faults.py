@@ -51,6 +51,8 @@ def test_sigterm_stops_like_ctrl_c_and_the_rerun_resumes(tiny_space: Path, tmp_p
     assert "Traceback" not in err and "re-run the same command to resume" in err
     study = load(tmp_path, "tiny")
     _no_running(study)
+    reasons = {t.user_attrs.get("failure_reason") for t in study.trials if t.state == TrialState.FAIL}
+    assert reasons and all("stopped (SIGTERM)" in r for r in reasons), reasons
     assert (next(tmp_path.glob("tiny*")) / "trials.csv").is_file()
     cli(*args, results=tmp_path)
     study = load(tmp_path, "tiny")

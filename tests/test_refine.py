@@ -179,7 +179,7 @@ def test_contaminated_reprofile_never_replaces_a_clean_latency(tmp_path: Path):
     from ascan import ArchConfig
     from search.engine.driver import DriverSettings
     from search.measure.evaluator import ProxyEvaluator
-    from search.space.budget import Budget
+    from search.space.settings import Budget
 
     small = ArchConfig(img_size=32, widths=(16, 32, 64, 128), stem_width=16, head_width=128)
     targets = [small.replace(layouts=("C", "CC", "CT", "T")), small.replace(widths=(16, 32, 64, 64))]

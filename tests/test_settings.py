@@ -14,7 +14,7 @@ def test_help_gives_every_key_its_default_meaning_and_choices():
     fields = settings_mod._fields()
     for key in all_keys():
         line = next(line for line in text.splitlines() if line.strip().startswith(key + " "))
-        if key != "search.objectives":  # its help comes with the objective table (lead, issue #11)
+        if key != "search.objectives":  # its help comes with the objective table
             assert fields[key].metadata["help"] in line, line
     assert "proxy.preset" in text and "[smoke | default | thorough]" in text
     assert "[tpe | nsga2 | gp | random | grid]" in text
@@ -87,3 +87,60 @@ def test_profile_overrides_reach_the_latency_settings():
     assert (latency["dtype"], latency["compile"], latency["batch_size"]) == ("float16", True, 16)
     plain = Campaign.from_settings(parse_args(["space=paper", "dry_run=true"])).latency_settings(threads=2)
     assert (plain["dtype"], plain["compile"], plain["batch_size"]) == ("float32", False, 1)
+
+
+def _help_defaults() -> dict[str, str]:
+    """`run_search.py help`'s shown default of every key."""
+    lines = [line.strip() for line in help_text().splitlines() if line.startswith("  ")]
+    return {line.split()[0]: line.split(None, 1)[1].split(";")[0] for line in lines}
+
+
+@pytest.mark.parametrize("prefix, wing", [
+    ("profile", "search.measure.settings:LatencySettings"), ("proxy", "search.measure.settings:ProxySettings"),
+    ("refine", "search.engine.settings:RefineSettings"), ("budget", "search.space.settings:Budget")])
+def test_each_default_is_the_wings_own(prefix, wing):
+    """A key that is a wing's setting shows the wing's default and help, or (an override)
+    None with the wing's help: the CLI declares no default of its own."""
+    import importlib
+
+    module, name = wing.split(":")
+    wing_fields = {f.name: f for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    shown, fields = _help_defaults(), settings_mod._fields()
+    keys = [k for k in all_keys() if k.startswith(prefix + ".") and k.split(".", 1)[1] in wing_fields]
+    assert len(keys) >= 3
+    for key in keys:
+        wing_field = wing_fields[key.split(".", 1)[1]]
+        assert fields[key].metadata["help"].startswith(wing_field.metadata["help"]), key
+        if shown[key] != "None":
+            assert shown[key] == repr(wing_field.default), key
+
+
+def test_cli_latency_defaults_are_what_the_profiler_uses_alone():
+    from search.measure.settings import LatencySettings
+
+    profile = parse_args(["space=paper"]).profile
+    alone = LatencySettings()
+    assert (profile.min_time_s, profile.min_iters) == (alone.min_time_s, alone.min_iters) == (1.0, 10)
+
+
+def test_cuda_n_is_one_rule_for_the_command_line_and_the_profiler():
+    """profile.device=cuda:1 passes the command line's check only because the profiler takes it too."""
+    from search.measure.profile_cache import ProfileError
+    from search.measure.settings import LatencySettings
+
+    assert parse_args(["space=paper", "profile.device=cuda:1"]).profile.device == "cuda:1"
+    assert LatencySettings(device="cuda:1").device == "cuda:1"
+    with pytest.raises(SettingsError, match="profile.device='cuda1': choose auto, cpu, cuda or cuda:N"):
+        parse_args(["space=paper", "profile.device=cuda1"])
+    with pytest.raises(ProfileError, match="choose auto, cpu, cuda or cuda:N"):
+        LatencySettings(device="cuda1")
+
+
+def test_the_schema_is_read_without_torch():
+    """`run_search.py help` and every bad-input message come before any heavy import."""
+    import subprocess
+    import sys
+
+    code = "import sys, search.app.settings as s; s.help_text(); print(sorted({'torch', 'optuna', 'ascan'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

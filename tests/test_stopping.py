@@ -46,7 +46,7 @@ def test_a_signal_dropped_in_a_finalizer_is_raised_again_by_check(signum, capsys
     with StopSignals() as stop:
         _drop_a_signal(signum)  # nothing raised here: the finalizer swallowed it
         assert stop.requested
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"):
             stop.check()
     assert "Exception ignored" not in capsys.readouterr().err  # no traceback for a stop that is handled
     assert _handlers() == before  # earlier tests may have set their own (ray.init does)
@@ -71,6 +71,8 @@ def test_a_search_stops_when_the_signal_lands_in_a_finalizer(tiny_space: Path, t
     study = load(tmp_path, "tiny")
     assert len(complete(study)) < 4
     assert TrialState.RUNNING not in {t.state for t in study.trials}
+    reasons = {t.user_attrs.get("failure_reason") for t in study.trials if t.state == TrialState.FAIL}
+    assert reasons and all("stopped (SIGTERM)" in r for r in reasons), reasons  # not "(Ctrl-C)"
     assert _handlers() == before
 
 
@@ -96,6 +98,6 @@ def test_a_signal_inside_sqlalchemy_is_kept_and_raised_after_the_write(tmp_path:
         finally:
             sqlalchemy.event.remove(Session, "after_flush", signal_mid_flush)
         assert stop.requested
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
             stop.check()
     assert study.trials[0].state is TrialState.COMPLETE

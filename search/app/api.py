@@ -57,14 +57,21 @@ def to_args(space: str, overrides: dict[str, Any] | None = None, **settings: Any
     return [f"space={space}", *(f"{key}={_literal(value)}" for key, value in dotted.items())]
 
 
-def run(space: str, overrides: dict[str, Any] | None = None, **settings: Any) -> SearchResult:
+def run(space: str, overrides: dict[str, Any] | None = None, **settings: Any) -> SearchResult | None:
     """Run (or resume) a search and return its study, front, trials and report paths.
-    Bad settings raise `search.settings.SettingsError` or `search.campaign.BadInput`."""
+    Settings are checked as on the command line, before anything is created: bad ones raise
+    `search.app.settings.SettingsError` or `search.app.campaign.BadInput` (one line each).
+    With `dry_run=True` in `overrides` it prints the space and returns None."""
     from search.app.campaign import Campaign
     from search.report.tables import front_frame, trials_frame
-    from search.app.settings import parse_args
+    from search.app.settings import parse_args, validate
 
-    campaign = Campaign.from_settings(parse_args(to_args(space, overrides, **settings)))
+    checked = parse_args(to_args(space, overrides, **settings))
+    validate(checked)
+    campaign = Campaign.from_settings(checked)
+    if checked.dry_run:
+        print(campaign.describe())
+        return None
     campaign.run()
     campaign.finish(interrupted=False)
     return SearchResult(campaign.study, campaign.folder, front_frame(campaign.study), trials_frame(campaign.study),

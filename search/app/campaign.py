@@ -10,6 +10,7 @@ import errno
 import math
 import os
 import sqlite3
+import re
 import sys
 import threading
 import time
@@ -41,7 +42,8 @@ from search.app.settings import RunSettings, SettingsError, check_study_name, to
 from search.space.space import SearchSpace, SpecError, describe, load_space
 from search.space.spec import Budget
 from search.engine.stopping import StopSignals
-from search.engine.study import finished_trials, make_sampler, open_study
+from search.engine.samplers import make_sampler
+from search.engine.study import finished_trials, open_study
 
 
 class BadInput(ValueError):
@@ -101,7 +103,8 @@ def check_storage_file(url: str, shown: Path | str) -> None:
 
 
 def study_name_for(space: SearchSpace, settings: RunSettings) -> str:
-    return settings.search.study_name or f"{space.name}-{settings.data.name}-{settings.proxy.preset}-s{settings.search.seed}"
+    preset = "quick" if settings.quick else settings.proxy.preset  # a quick study's latencies are not comparable
+    return settings.search.study_name or f"{space.name}-{settings.data.name}-{preset}-s{settings.search.seed}"
 
 
 def resolve_proxy(settings: RunSettings) -> ProxySettings:
@@ -154,7 +157,7 @@ class Campaign:
         if settings.dry_run:
             return cls(settings, space, study_name_for(space, settings), Path(settings.results_dir), "", 0, 0)
         try:
-            dataset = load_dataset(settings.data.name, settings.data.root)
+            dataset = load_dataset(settings.data.name, settings.data.root, download=settings.data.download)
         except DataError as err:
             raise BadInput(str(err)) from None
         name = study_name_for(space, settings)
@@ -176,10 +179,21 @@ class Campaign:
 
     def header(self) -> str:
         s = self.settings
-        return (f"study {self.study_name}: space {self.space.name} ({self.space.count()} candidates), "
+        text = (f"study {self.study_name}: space {self.space.name} ({self.space.count()} candidates), "
                 f"{self.n_trials} trials, sampler {s.search.sampler} (seed {s.search.seed}), "
                 f"executor {s.executor}, data {s.data.name}, proxy preset {s.proxy.preset}\n"
                 f"storage {self.storage_url}")
+        if not s.quick:
+            return text
+        note = QUICK_NOTE.format(images=resolve_proxy(s).train_size, img_size=s.profile.img_size or self.space.target.img_size,
+                                 ci=s.profile.target_rel_ci)
+        return note + "\n" + text
+
+    def doing(self) -> str:
+        """What the run is doing now, for the heartbeat line."""
+        phase = next((p for p in ("search_s", "refine_s", "reprofile_s") if p not in self.timing), "reports")
+        return {"search_s": "training and timing trials", "refine_s": "refining the front",
+                "reprofile_s": "re-profiling the front together", "reports": "writing the reports"}[phase]
 
     def proxy_settings(self) -> dict[str, Any]:
         try:
@@ -190,7 +204,7 @@ class Campaign:
     def latency_settings(self, threads: int) -> dict[str, Any]:
         target, profile = self.space.target, self.settings.profile
         return dict(device=profile.device or target.device, batch_size=profile.batch_size or target.batch_size,
-                    img_size=target.img_size, dtype=profile.dtype or target.dtype,
+                    img_size=profile.img_size or target.img_size, dtype=profile.dtype or target.dtype,
                     channels_last=target.channels_last,
                     compile=target.compile if profile.compile is None else profile.compile, num_threads=max(1, int(threads)),
                     min_time_s=profile.min_time_s, min_iters=profile.min_iters, clock=profile.clock,
@@ -383,17 +397,61 @@ class Campaign:
         reused = sum(TrialRecord.load(t).status == REUSED for t in finished)
         lines = [] if interrupted else [
             "", f"{len(finished)} finished trials ({reused} reused an earlier result of the same architecture)",
-            "Pareto front (feasible):", format_front(front_frame(study))]
+            "Pareto front (feasible; latency from the closing re-profile where one ran"
+            + ("; DEMONSTRATION numbers" if self.settings.quick else "") + "):", format_front(front_frame(study))]
         if not interrupted and (time_line := self.time_line()):
             lines.append(time_line)
         if not interrupted and (warning := latency_warning(study)):
             lines.append(warning)
         lines += ["", f"dashboard: {dashboard}", f"trials:    {csv}", f"storage:   {self.storage_url}",
                   f"config:    {self.folder / 'config.yaml'}"]
+        if not interrupted and self.settings.quick:  # the whole flow, findings included
+            lines.append(f"findings:  {self.write_findings()}")
+        if not interrupted:
+            lines += ["", *next_steps(study, self.folder, dashboard, self.budget().max_latency_ms, self.settings.quick)]
         text = "\n".join(lines)
         if interrupted:
             print(text, file=sys.stderr)
         return text
+
+    def write_findings(self) -> Path:
+        """The paper's claims checked on this study (`python -m search.findings`): findings.md."""
+        from search.report.findings import build_report, write_findings
+
+        markdown, _ = write_findings(build_report([self.folder], self.budget().max_latency_ms), self.folder)
+        return markdown
+
+
+QUICK_NOTE = ("quick start: a DEMONSTRATION of the whole flow (a small proxy on {images} images, latency of "
+              "{img_size}-pixel targets timed to a loose {ci:.0%} interval); its numbers are not for decisions")
+
+
+def export_pick(front: Any, max_latency_ms: float | None) -> Any:
+    """The front member to export: the most accurate (within the latency budget, if any), and
+    of the members tied with it (`tied_with`), the fastest. None for an empty front."""
+    within = front if max_latency_ms is None else front[front["latency_ms"] <= max_latency_ms]
+    if within.empty:
+        return None
+    best = within.loc[within["accuracy_mean"].idxmax()]
+    tied = {int(best["number"]), *(int(n) for n in str(best["tied_with"] or "").split(",") if n)}
+    return within[within["number"].isin(tied)].sort_values("latency_ms").iloc[0]
+
+
+def next_steps(study: optuna.Study, folder: Path, dashboard: Path, max_latency_ms: float | None,
+               quick: bool = False) -> list[str]:
+    """What to do after a run: open the dashboard, export the pick, check the paper's claims."""
+    lines = ["next:", f"  open the dashboard:  {dashboard}"]
+    pick = export_pick(front_frame(study), max_latency_ms)
+    if pick is not None:
+        name = "ascan_" + re.sub(r"[^a-z0-9]+", "_", f"{folder.name}_t{int(pick['number'])}".lower()).strip("_")
+        within = "" if max_latency_ms is None else f" within {max_latency_ms:g} ms"
+        lines += [f"  export the pick:     python -m search.export {folder} --trial {int(pick['number'])} --name {name}",
+                  f"                       (trial {int(pick['number'])}: the most accurate{within}, the fastest of "
+                  "its ties; the front shows the re-profiled latency, the export keeps the trial's own)"]
+    lines.append(f"  check the claims:    python -m search.findings {folder}")
+    if quick:
+        lines.append("  then the real search (about 25 min on 2 idle CPU cores): drop quick=true")
+    return lines
 
 
 class Progress:

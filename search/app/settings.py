@@ -3,31 +3,40 @@
 Keys are set Hydra-style on the command line (`search.n_trials=40 proxy.epochs=3
 executor=inline`); `config=results/<study>/config.yaml` starts from a saved study's settings
 (later keys override it), and `key=a,b` sweeps: one run per value (`parse_sweep`).
-OmegaConf checks names and types against the dataclasses below, whose field metadata is
-the help text. Every value is then checked (`parse_args`), and the machine is checked
-(`validate`: paths writable, devices present, storage URL usable) before anything is
+The schema is the dataclasses below. A key that is a setting of one wing (proxy training and
+latency timing in `search/measure/settings.py`, refinement in `search/engine/settings.py`,
+the budget in `search/space/settings.py`) takes that field's default and help (`declared`,
+`override`), so each default is written once; field metadata is the help text. Each key
+is checked for name, repetition and type before OmegaConf merges it (so messages are
+ours), then every value (`parse_args`), then the machine (`validate`: the space reads, the
+data is there, paths writable, devices present, storage URL usable) before anything is
 created. Any problem is a one-line `SettingsError` naming the key and (clipped) value.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import itertools
 import math
 import os
 import re
 import tempfile
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from search.space import safe_yaml
 from search.engine.objectives import OBJECTIVES, PROXY_SCORES, check_objectives
 from search.engine.probe import connect_error
-from search.engine.study import SAMPLERS as SAMPLER_REGISTRY, sampler_class
+from search.engine.settings import RefineSettings
+from search.engine.samplers import SAMPLERS as SAMPLER_REGISTRY, sampler_class
+from search.measure.settings import CLOCKS, PRESETS, LatencySettings, ProxySettings
+from search.space import safe_yaml
+from search.space.settings import DEVICE_HELP, DTYPES, Budget, is_device
 
 
 class SettingsError(ValueError):
@@ -39,14 +48,32 @@ class SettingsError(ValueError):
 
 
 def _key(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A setting with its meaning (and allowed values) for `help_text`."""
+    """A setting only the command line has (the wings' own are `declared` or `override`)."""
     return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _wing_field(cls: type, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(cls) if f.name == name)
+
+
+def declared(cls: type, name: str) -> Any:
+    """A key whose default and help are those of the wing's own settings field `cls.name`."""
+    wing = _wing_field(cls, name)
+    if wing.default_factory is not dataclasses.MISSING:
+        return field(default_factory=wing.default_factory, metadata=wing.metadata)
+    return field(default=wing.default, metadata=wing.metadata)
+
+
+def override(cls: type, name: str, otherwise: str) -> Any:
+    """A key that overrides the wing's field `cls.name` where given; unset (None), the value
+    comes from elsewhere (`otherwise`: the preset's, the space's)."""
+    meta = _wing_field(cls, name).metadata
+    return field(default=None, metadata={"help": f"{meta['help']}; default: {otherwise}",
+                                         "choices": meta.get("choices")})
 
 
 SAMPLERS = tuple(SAMPLER_REGISTRY)
 EXECUTORS = ("ray", "inline")
-DEVICES = ("auto", "cpu", "cuda", "cuda:N")
-DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass
@@ -57,7 +84,7 @@ class SearchSettings:
     study_name: Optional[str] = _key(None, "letters, digits and ._+=- (at most 100); default: <space>-<data>-<preset>-s<seed>")
     storage: Optional[str] = _key(None, "SQLAlchemy URL; default: sqlite:///<results_dir>/<study>/study.db")
     objectives: list[str] = field(default_factory=lambda: ["accuracy", "latency"], metadata={
-        "help": "objectives: accuracy, latency, then any extras (the table in search/objectives.py)",
+        "help": "objectives: accuracy, latency, then any extras (the table in search/engine/objectives.py)",
         "choices": tuple(OBJECTIVES)})
     max_retries: int = _key(1, "re-runs of a trial whose worker died")
     enqueue_references: bool = _key(True, "try the paper's C1 and symmetric layouts first")
@@ -75,51 +102,50 @@ class RaySettings:
 
 @dataclass
 class RefineOverrides:
-    trainings: int = _key(8, "extra trainings after the search where front membership is in doubt (0: off)")
-    max_replicates: int = _key(3, "trainings per architecture at most, its first one included (>= 1)")
-    margin_se: float = _key(2.0, "in doubt: not beaten by more than this many standard errors (> 0)")
+    trainings: int = declared(RefineSettings, "trainings")
+    max_replicates: int = declared(RefineSettings, "max_replicates")
+    margin_se: float = declared(RefineSettings, "margin_se")
 
 
 @dataclass
 class DataSettings:
     name: str = _key("cifar10", "dataset", ("cifar10", "fashion_mnist", "imagefolder"))
-    root: Optional[str] = _key(None, "file or folder of the dataset; default: looked up (see search/data.py)")
+    root: Optional[str] = _key(None, "file or folder of the dataset; default: looked up (see search/measure/data.py)")
+    download: bool = _key(False, "cifar10 only: when it is not found, fetch it (170 MB, checksum verified) into "
+                                 "data.root or ~/.cache/ascan-search")
 
 
 @dataclass
 class ProxyOverrides:
-    preset: str = _key("default", "proxy training recipe", ("smoke", "default", "thorough"))
-    epochs: Optional[int] = _key(None, "training epochs (>= 1); default: the preset's")
-    batch_size: Optional[int] = _key(None, "training batch size (>= 1); default: the preset's")
-    lr: Optional[float] = _key(None, "peak learning rate (> 0); default: the preset's")
-    train_size: Optional[int] = _key(None, "training images (>= 1); default: the preset's")
-    val_size: Optional[int] = _key(None, "validation images (>= 1); default: the preset's")
-    device: Optional[str] = _key(None, "device of proxy training; default: cuda when present, else cpu", DEVICES)
-    score: Optional[str] = _key(None, "the proxy score the search optimises as its accuracy objective (all are "
-                                      "recorded; a loss is told negated); default: the preset's", tuple(PROXY_SCORES))
+    preset: str = _key("default", "proxy training recipe", tuple(PRESETS))
+    epochs: Optional[int] = override(ProxySettings, "epochs", "the preset's")
+    batch_size: Optional[int] = override(ProxySettings, "batch_size", "the preset's")
+    lr: Optional[float] = override(ProxySettings, "lr", "the preset's")
+    train_size: Optional[int] = override(ProxySettings, "train_size", "the preset's")
+    val_size: Optional[int] = override(ProxySettings, "val_size", "the preset's")
+    device: Optional[str] = override(ProxySettings, "device", "auto")
+    score: Optional[str] = override(ProxySettings, "score", "the preset's")
 
 
 @dataclass
 class BudgetOverrides:
-    max_latency_ms: Optional[float] = _key(None, "latency ceiling in ms (> 0); default: the space's")
-    max_macs: Optional[float] = _key(None, "MACs ceiling (> 0); default: the space's")
-    max_params: Optional[float] = _key(None, "parameter ceiling (> 0); default: the space's")
+    max_latency_ms: Optional[float] = override(Budget, "max_latency_ms", "the space's")
+    max_macs: Optional[float] = override(Budget, "max_macs", "the space's")
+    max_params: Optional[float] = override(Budget, "max_params", "the space's")
 
 
 @dataclass
 class ProfileOverrides:
-    device: Optional[str] = _key(None, "device latency is measured on; default: the space's target device", DEVICES)
-    batch_size: Optional[int] = _key(None, "batch size of latency timing (>= 1); default: the space's")
-    dtype: Optional[str] = _key(None, "dtype of latency timing; default: the space's (the paper times GPUs "
-                                      "at float16)", DTYPES)
-    compile: Optional[bool] = _key(None, "torch.compile each network before timing; default: the space's")
-    min_time_s: float = _key(1.0, "time each candidate for at least this long (> 0, at most 3600)")
-    min_iters: int = _key(10, "and at least this many forward passes (>= 1)")
-    clock: str = _key("wall", "wall: what a user waits for; cpu: process CPU time, for machines shared with "
-                              "other work", ("wall", "cpu"))
-    target_rel_ci: float = _key(0.01, "time a window until each latency's 95% interval is within this "
-                                      "fraction (> 0)")
-    max_time_s: float = _key(60.0, "at most this long per profiling window (> 0)")
+    device: Optional[str] = override(LatencySettings, "device", "the space's target device")
+    batch_size: Optional[int] = override(LatencySettings, "batch_size", "the space's")
+    dtype: Optional[str] = override(LatencySettings, "dtype", "the space's")
+    compile: Optional[bool] = override(LatencySettings, "compile", "the space's")
+    img_size: Optional[int] = override(LatencySettings, "img_size", "the space's target size")
+    min_time_s: float = declared(LatencySettings, "min_time_s")
+    min_iters: int = declared(LatencySettings, "min_iters")
+    clock: str = declared(LatencySettings, "clock")
+    target_rel_ci: float = declared(LatencySettings, "target_rel_ci")
+    max_time_s: float = declared(LatencySettings, "max_time_s")
     cache: Optional[str] = _key(None, "profile cache file; default: <results_dir>/profile_cache.sqlite, shared by studies")
     node: Optional[str] = _key(None, "Ray: the node that measures latency (node id prefix, IP or host); "
                                      "default: the driver's")
@@ -133,6 +159,9 @@ class RunSettings:
     executor: str = _key("ray", "where trials run", EXECUTORS)
     results_dir: str = _key("results", "folder of the study folders (created if missing)")
     dry_run: bool = _key(False, "show the space and settings, train nothing")
+    quick: bool = _key(False, "a few-minute demonstration of the whole flow: the defaults of QUICK in "
+                              "search/app/settings.py (small proxies, small loosely timed targets); its numbers "
+                              "are not for decisions")
     search: SearchSettings = field(default_factory=SearchSettings)
     refine: RefineOverrides = field(default_factory=RefineOverrides)
     ray: RaySettings = field(default_factory=RaySettings)
@@ -141,6 +170,13 @@ class RunSettings:
     budget: BudgetOverrides = field(default_factory=BudgetOverrides)
     profile: ProfileOverrides = field(default_factory=ProfileOverrides)
 
+
+# What quick=true changes, unless the command line sets the key itself: a few trainings of a
+# small proxy, latency of 64-pixel targets timed in short windows to a 5% interval, and two
+# refinement trainings, on the inline executor (no cluster to start).
+QUICK = {"executor": "inline", "search.n_trials": 6, "proxy.preset": "smoke", "refine.trainings": 2,
+         "profile.img_size": 64, "profile.target_rel_ci": 0.05, "profile.min_time_s": 0.1, "profile.min_iters": 3,
+         "profile.max_time_s": 5.0}
 
 
 def all_keys(node: Any = None, prefix: str = "") -> dict[str, Any]:
@@ -182,6 +218,49 @@ def help_text() -> str:
         choices = f" [{' | '.join(meta['choices'])}]" if meta.get("choices") else ""
         lines.append(f"  {key:<{width}}  {shown}; {meta.get('help', '')}{choices}".rstrip("; "))
     return "\n".join(lines)
+
+
+# Names people type for an allowed value: matched before spelling (`suggest`).
+ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16",
+           "local": "inline", "serial": "inline", "nsgaii": "nsga2", "nsga-ii": "nsga2", "bayes": "gp",
+           "gpu": "cuda", "quick": "smoke", "acc": "accuracy", "time": "latency"}
+
+
+def suggest(value: Any, allowed: Any) -> str:
+    """' (did you mean 'x'?)' for a value close to one allowed: same letters in another case,
+    a known alias, or a near spelling; '' when nothing is close."""
+    allowed = [str(a) for a in allowed]
+    text = str(value).strip().lower()
+    by_case = {a.lower(): a for a in allowed}
+    match = by_case.get(text) or (ALIASES.get(text) if ALIASES.get(text) in allowed else None)
+    if match is None:
+        close = difflib.get_close_matches(text, list(by_case), n=1)
+        match = by_case[close[0]] if close else None
+    return f" (did you mean {match!r}?)" if match is not None else ""
+
+
+def help_markdown() -> str:
+    """The settings reference page (docs/settings.md), generated from the schema:
+    `python run_search.py help --markdown > docs/settings.md`."""
+    lines = ["# Settings reference", "",
+             "<!-- generated by `python run_search.py help --markdown > docs/settings.md`; do not edit -->", "",
+             "Every key of `python run_search.py`, as `key=value` on the command line (or `overrides=` of",
+             "the Python API). `key=a,b` runs one study per value; `config=results/<study>/config.yaml`",
+             "starts from a saved study's settings. A key that is a setting of one part of the tool",
+             "(proxy training, latency timing, refinement, the budget) shows that part's own default.",
+             f"`quick=true` sets these unless given: {', '.join(f'`{k}={v}`' for k, v in QUICK.items())}."]
+    section = None
+    fields_ = _fields()
+    for key, default in all_keys().items():
+        group = key.split(".")[0] if "." in key else "run"
+        if group != section:
+            section = group
+            lines += ["", f"## {group}", "", "| key | default | meaning |", "|---|---|---|"]
+        meta = fields_[key].metadata
+        shown = "(required)" if default == MISSING else f"`{default!r}`"
+        choices = f"; allowed: {', '.join(f'`{c}`' for c in meta['choices'])}" if meta.get("choices") else ""
+        lines.append(f"| `{key}` | {shown} | {meta.get('help', '')}{choices} |".replace("<", "&lt;").replace(">", "&gt;"))
+    return "\n".join(lines) + "\n"
 
 
 def _clip(value: Any, limit: int = 80) -> str:
@@ -238,15 +317,18 @@ def parse_args(argv: list[str]) -> RunSettings:
     schema = OmegaConf.structured(RunSettings)
     saved: list[dict] = []
     dotlist = []
+    given: dict[str, str] = {}
     for arg in argv:
         key, value = _split(arg)
+        if key != "config" and key not in all_keys():
+            hint = suggest(key, all_keys())
+            raise SettingsError(f"{_clip(key)}: unknown key" + (hint or " (try 'help')"))
+        if key in given:  # the last one silently winning would hide a typo
+            raise SettingsError(f"{key}: given twice ({_clip(given[key], 30)} and {_clip(value, 30)}); keep one")
+        given[key] = value
         if key == "config":
             saved.append(_read_config(value))
             continue
-        if key not in all_keys():
-            hint = difflib.get_close_matches(key, all_keys(), n=3)
-            raise SettingsError(f"{_clip(key)}: unknown key"
-                                + (f" (did you mean {', '.join(hint)}?)" if hint else " (try 'help')"))
         try:  # OmegaConf reads each value as YAML: refuse aliases, deep nesting, control characters first
             parsed = safe_yaml.load(value)
         except safe_yaml.YamlError as err:
@@ -254,28 +336,83 @@ def parse_args(argv: list[str]) -> RunSettings:
         if isinstance(parsed, dict) and any(v is None and ":" in str(k) for k, v in parsed.items()):
             # YAML reads {deploy_gpu:1} as one key "deploy_gpu:1" with no value
             raise SettingsError(f"{key}={_clip(value)}: write a space after each colon, e.g. {{deploy_gpu: 1}}")
+        _check_type(key, value, parsed)
         dotlist.append(arg)
+    if safe_yaml.load(given.get("quick", "false")) is True:
+        dotlist = [f"{k}={v}" for k, v in QUICK.items() if k not in given] + dotlist
     try:
         merged = OmegaConf.merge(schema, *saved, OmegaConf.from_dotlist(dotlist))
         settings: RunSettings = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    except OmegaConfBaseException as err:
+    except MissingMandatoryValue:
+        raise SettingsError("space: missing; name a space (space=hybrid) or a saved config (config=FILE); "
+                            "try 'help'") from None
+    except OmegaConfBaseException as err:  # a saved config's value (command-line values are checked above)
         key = getattr(err, "full_key", None) or "?"
-        reason = str(err).splitlines()[0]
-        raise SettingsError(f"{_clip(key)}: {reason}") from None
+        raise SettingsError(f"{_clip(key)}: {_type_rule(key) or str(err).splitlines()[0]}") from None
     _check_choices(settings)
     _check_values(settings)
     return settings
 
 
+@functools.cache
+def _types() -> dict[str, Any]:
+    """Every dotted key's declared type (`Optional[int]`, `list[str]`, ...)."""
+    def walk(cls: type, prefix: str) -> dict[str, Any]:
+        found = {}
+        for name, hint in typing.get_type_hints(cls).items():
+            found.update(walk(hint, f"{prefix}{name}.") if dataclasses.is_dataclass(hint) else {prefix + name: hint})
+        return found
+
+    return walk(RunSettings, "")
+
+
+def _type_rule(key: str) -> str:
+    """What a value of `key` must be, in words ('' for an unknown key)."""
+    hint = _types().get(key)
+    if hint is None:
+        return ""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
+    optional = " (or null)" if base is not hint else ""
+    rule = {int: "a whole number", float: "a number", bool: "true or false", str: "a word"}.get(base)
+    if typing.get_origin(base) is list:
+        rule = "a list in brackets, e.g. [accuracy,latency]"
+    elif typing.get_origin(base) is dict:
+        rule = "a mapping in braces, e.g. {deploy_gpu: 1}"
+    return f"expected {rule}{optional}"
+
+
+def _reads_as(kind: type, parsed: Any) -> bool:
+    """A string OmegaConf converts, e.g. 1e9 (YAML 1.1 reads it as a string) to a float."""
+    try:
+        return isinstance(parsed, str) and kind(parsed) is not None
+    except ValueError:
+        return False
+
+
+def _check_type(key: str, text: str, parsed: Any) -> None:
+    """A command-line value has its key's type, so no OmegaConf message reaches the user."""
+    hint = _types()[key]
+    if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        if parsed is None:
+            return
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    base = typing.get_origin(hint) or hint
+    number = isinstance(parsed, (int, float)) and not isinstance(parsed, bool) or _reads_as(float, parsed)
+    ok = {int: isinstance(parsed, int) and not isinstance(parsed, bool) or _reads_as(int, parsed), float: number,
+          bool: isinstance(parsed, bool), str: isinstance(parsed, str) or number,
+          list: isinstance(parsed, list), dict: isinstance(parsed, dict)}.get(base, True)
+    if not ok:
+        raise SettingsError(f"{key}={_clip(text)}: {_type_rule(key)}")
+
+
 def _check_choices(s: RunSettings) -> None:
     def choose(key: str, value: Any, allowed: tuple[str, ...]) -> None:
         if value not in allowed:
-            hint = difflib.get_close_matches(str(value), allowed, n=1)
-            raise SettingsError(f"{key}={value!r}: choose one of {', '.join(allowed)}"
-                                + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            raise SettingsError(f"{key}={_clip(value)}: choose one of {', '.join(allowed)}" + suggest(value, allowed))
 
     choose("executor", s.executor, EXECUTORS)
-    choose("profile.clock", s.profile.clock, ("wall", "cpu"))
+    choose("profile.clock", s.profile.clock, CLOCKS)
     if s.profile.dtype is not None:
         choose("profile.dtype", s.profile.dtype, DTYPES)
     if ":" in s.search.sampler:  # a sampler class by import path: importable and a sampler, checked now
@@ -338,14 +475,14 @@ def _check_values(s: RunSettings) -> None:
     for key in ("max_latency_ms", "max_macs", "max_params"):
         number(f"budget.{key}", 0, above=True)
     number("profile.batch_size", 1, high=4096)
+    number("profile.img_size", 8, high=2048)
     number("profile.min_time_s", 0, above=True, high=3600)
     number("profile.min_iters", 1, high=1_000_000, optional=False)
     number("profile.target_rel_ci", 0, above=True, high=1)
     number("profile.max_time_s", 0, above=True, high=86400)
     for key in ("proxy.device", "profile.device"):
         device = getattr(getattr(s, key.split(".")[0]), "device")
-        need(key, device is None or bool(re.fullmatch(r"auto|cpu|cuda(:\d{1,2})?", device)),
-             "choose auto, cpu, cuda or cuda:N")
+        need(key, device is None or is_device(device), f"choose {DEVICE_HELP}")
 
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}")
@@ -367,11 +504,14 @@ def validate(s: RunSettings) -> None:
     from search.measure.proxy import PRESETS, preset
 
     if s.data.name not in DATASETS:
-        raise SettingsError(f"data.name={_clip(s.data.name)}: choose one of {', '.join(DATASETS)}")
+        raise SettingsError(f"data.name={_clip(s.data.name)}: choose one of {', '.join(DATASETS)}"
+                            + suggest(s.data.name, DATASETS))
     if s.proxy.preset not in PRESETS:
-        hint = difflib.get_close_matches(s.proxy.preset, PRESETS, n=1)
         raise SettingsError(f"proxy.preset={_clip(s.proxy.preset)}: choose one of {', '.join(PRESETS)}"
-                            + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+                            + suggest(s.proxy.preset, PRESETS))
+    _check_space(s.space)
+    if not s.dry_run:
+        _check_data(s)
     overrides = {k: v for k, v in dataclasses.asdict(s.proxy).items() if k != "preset" and v is not None}
     try:
         preset(s.proxy.preset, **overrides)
@@ -393,6 +533,27 @@ def validate(s: RunSettings) -> None:
         _check_storage(s.search.storage)
     if s.executor == "ray" and s.ray.address not in (None, "auto"):
         _check_reachable(s.ray.address)
+
+
+def _check_space(name: str) -> None:
+    """The spec reads and builds (so a sweep's last space is checked before its first runs)."""
+    from search.space.space import SpecError, load_space
+
+    try:
+        load_space(name)
+    except SpecError as err:
+        raise SettingsError(str(err)) from None  # it names the spec file or the space
+
+
+def _check_data(s: RunSettings) -> None:
+    """The data set is where the settings say, or will be downloaded (read later, in full)."""
+    from search.measure.data import DataError, find_dataset_root
+
+    try:
+        find_dataset_root(s.data.name, s.data.root)
+    except DataError as err:
+        if not (s.data.download and s.data.name == "cifar10"):
+            raise SettingsError(str(err)) from None
 
 
 def _check_device(key: str, device: str | None) -> None:

@@ -30,11 +30,11 @@ from optuna.trial import FrozenTrial, TrialState
 from search.engine.evaluator import Evaluator
 from search.engine.executor import ClusterError, Executor, Job, JobFailed, WorkerLost
 from search.engine.record import FAILED, INFEASIBLE, INTERRUPTED, REUSED, TRAINED, TrialRecord
-from search.space.budget import Budget
+from search.space.settings import Budget
 from search.engine.study import (fail_orphan, finished_trials, quiet_heartbeats, record_heartbeat, release_storage_session,
                     set_constraints)
 
-INTERRUPTED_REASON = "interrupted: the driver was stopped (Ctrl-C); re-run the same command to resume"
+INTERRUPTED_REASON = "interrupted: the driver was stopped ({}); re-run the same command to resume"  # {}: the signal
 ORPHAN_REASON = "orphaned: its driver died before the trial finished; queued again"
 
 
@@ -167,11 +167,11 @@ class Recorder:
             self.study.enqueue_trial(trial.params, user_attrs=record.retry_attrs(trial.number, 0))
         return len(orphans)
 
-    def interrupt(self, plan: Plan) -> None:
+    def interrupt(self, plan: Plan, signal_name: str = "Ctrl-C") -> None:
         """Ctrl-C: end an unfinished trial FAIL and queue it again, so the same command resumes
         it. One whose result was stored just before the interrupt is kept."""
         try:
-            plan.record.update(failure_reason=INTERRUPTED_REASON, status=INTERRUPTED)
+            plan.record.update(failure_reason=INTERRUPTED_REASON.format(signal_name), status=INTERRUPTED)
             plan.record.save(plan.trial)
             self.study.tell(plan.trial, state=TrialState.FAIL)
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
@@ -232,8 +232,8 @@ class Driver:
                 self.recorder.heartbeat(self.plans)
             if self._finished() < self.settings.n_trials:
                 self._status(f"stopped: {self.failed_this_run} trials failed in this run (see failure_reason)")
-        except KeyboardInterrupt:
-            self._interrupt()
+        except KeyboardInterrupt as stop:
+            self._interrupt(signal_name=str(stop) if str(stop).startswith("SIG") else "Ctrl-C")
             raise
         except ClusterError:  # nothing in flight can finish, and there is nobody to cancel
             self._interrupt(cancel=False)
@@ -411,11 +411,11 @@ class Driver:
                 self._route(twin)
 
     # ------------------------------------------------------------------ Ctrl-C
-    def _interrupt(self, cancel: bool = True) -> None:
+    def _interrupt(self, cancel: bool = True, signal_name: str = "Ctrl-C") -> None:
         """Unfinished trials end FAIL (marked interrupted) and are queued again, so the same
         command resumes them; finished trials are already safe in storage."""
         release_storage_session(self.storage)
         for plan in list(self.plans):
             if cancel and plan.job is not None:
                 self.executor.cancel(plan.job)
-            self.recorder.interrupt(plan)
+            self.recorder.interrupt(plan, signal_name)

@@ -24,18 +24,12 @@ from search.measure.estimate import SEED_SD, binomial_se, replicate_seed
 from search.engine.evaluator import Evaluator
 from search.engine.executor import Executor, Job, JobFailed, WorkerLost
 from search.engine.record import TrialRecord
+from search.engine.settings import RefineSettings  # noqa: F401 (declared apart: read without torch)
 from search.engine.replicates import LatencyHistory, Replicate, ReplicateStore
 
 
 @dataclass(frozen=True)
-class RefineSettings:
-    trainings: int = 8  # extra trainings for the whole study (0: no refinement)
-    max_replicates: int = 3  # per architecture, its own training included
-    margin_se: float = 2.0
-
-
-@dataclass(frozen=True)
-class Candidate:
+class Contender:
     trial: FrozenTrial
     arch_hash: str
     mean: float
@@ -44,9 +38,9 @@ class Candidate:
     latency_ms: float
 
 
-def candidates(study: optuna.Study, store: ReplicateStore) -> list[Candidate]:
+def candidates(study: optuna.Study, store: ReplicateStore) -> list[Contender]:
     """Trained, feasible, finished architectures (one trial each) with their estimates."""
-    seen: dict[str, Candidate] = {}
+    seen: dict[str, Contender] = {}
     latencies = LatencyHistory(study)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         record = latencies.preferred(TrialRecord.load(trial))  # the latency the report shows
@@ -56,14 +50,14 @@ def candidates(study: optuna.Study, store: ReplicateStore) -> list[Candidate]:
             continue
         estimate = store.estimate(trial)
         if estimate is not None:
-            seen[record.arch_hash] = Candidate(trial, record.arch_hash, estimate.mean, estimate.se, estimate.n,
+            seen[record.arch_hash] = Contender(trial, record.arch_hash, estimate.mean, estimate.se, estimate.n,
                                                record.latency_ms)
     return list(seen.values())
 
 
-def in_doubt(pool: list[Candidate], margin_se: float) -> list[Candidate]:
+def in_doubt(pool: list[Contender], margin_se: float) -> list[Contender]:
     """Candidates no other one beats decisively (at no more latency, by > margin SEs)."""
-    def beaten(c: Candidate) -> bool:
+    def beaten(c: Contender) -> bool:
         return any(o is not c and o.latency_ms <= c.latency_ms
                    and o.mean - c.mean > margin_se * math.hypot(o.se, c.se) for o in pool)
 
@@ -110,13 +104,13 @@ class Refiner:
         self.evaluator, self.num_cpus, self.num_gpus = evaluator, num_cpus, num_gpus
         self.on_event, self.check_stop = on_event, check_stop
         self.store = ReplicateStore(study)
-        self.running: dict[Job, tuple[Candidate, int]] = {}
+        self.running: dict[Job, tuple[Contender, int]] = {}
         self.failures = 0  # failed replicates spend budget too, so a broken one cannot loop
 
     def budget_left(self) -> int:
         return self.settings.trainings - self.store.all_extra() - len(self.running) - self.failures
 
-    def next_round(self) -> list[Candidate]:
+    def next_round(self) -> list[Contender]:
         busy = {c.arch_hash for c, _ in self.running.values()}
         doubtful = [c for c in in_doubt(candidates(self.study, self.store), self.settings.margin_se)
                     if c.n < self.settings.max_replicates and c.arch_hash not in busy]
@@ -144,7 +138,7 @@ class Refiner:
                 self.executor.cancel(job)  # finished replicates are stored already
             raise
 
-    def _start(self, candidate: Candidate) -> None:
+    def _start(self, candidate: Contender) -> None:
         k = candidate.n + len([1 for c, _ in self.running.values() if c.arch_hash == candidate.arch_hash])
         record = TrialRecord.load(candidate.trial)
         seed = replicate_seed(int(record.proxy_seed or 0), k)

@@ -30,17 +30,19 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signal_name = "Ctrl-C"  # of the last request; the interrupt carries it (SIGTERM, ...)
         self._previous: dict[int, object] = {}
         self._previous_hook = sys.unraisablehook
 
     def check(self) -> None:
         if self.requested:
-            raise KeyboardInterrupt("stop requested")
+            raise KeyboardInterrupt(self.signal_name)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
+        self.signal_name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         if not _inside(frame, self.DEFER_IN):
-            raise KeyboardInterrupt(f"signal {signum}")
+            raise KeyboardInterrupt(self.signal_name)
 
     def _unraisable(self, unraisable) -> None:
         # The dropped interrupt is not lost (check() raises it again), so its traceback is noise.

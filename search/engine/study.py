@@ -5,10 +5,9 @@ knows how to make (or resume) a study and talk to its storage.
 """
 from __future__ import annotations
 
-import importlib
 import warnings
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Iterator
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -80,50 +79,6 @@ def fail_orphan(storage: RDBStorage, trial: optuna.trial.FrozenTrial, attrs: dic
     for key, value in attrs.items():
         storage.set_trial_user_attr(trial._trial_id, key, value)
     storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-
-
-def _grid(seed: int, parallel: bool) -> optuna.samplers.BaseSampler:
-    with warnings.catch_warnings():  # "experimental since v3.1": noise to a user who asked for it
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        return GridSampler(seed=seed)
-
-
-# The built-in samplers by name, each made from (seed, parallel). TPE uses the constant liar
-# when trials overlap. A new one is one entry; any other `BaseSampler` subclass can be named
-# by its import path (`package.module:Class`).
-SAMPLERS: dict[str, Callable[[int, bool], optuna.samplers.BaseSampler]] = {
-    "tpe": lambda seed, parallel: optuna.samplers.TPESampler(seed=seed, constant_liar=parallel, multivariate=True),
-    "nsga2": lambda seed, parallel: optuna.samplers.NSGAIISampler(seed=seed, population_size=8),
-    "gp": lambda seed, parallel: optuna.samplers.GPSampler(seed=seed),
-    "random": lambda seed, parallel: optuna.samplers.RandomSampler(seed=seed),
-    "grid": _grid,
-}
-
-
-def sampler_class(path: str) -> type[optuna.samplers.BaseSampler]:
-    """The class named `package.module:Class`; ValueError (one line) if it is not a sampler."""
-    module_name, _, class_name = path.partition(":")
-    try:
-        found = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(f"search.sampler={path!r}: cannot import it ({err})") from None
-    if not (isinstance(found, type) and issubclass(found, optuna.samplers.BaseSampler)):
-        raise ValueError(f"search.sampler={path!r}: not a subclass of optuna.samplers.BaseSampler")
-    return found
-
-
-def make_sampler(name: str, seed: int, parallel: bool) -> optuna.samplers.BaseSampler:
-    """A sampler by name (`SAMPLERS`) or import path (`package.module:Class`), always seeded."""
-    if name in SAMPLERS:
-        return SAMPLERS[name](seed, parallel)
-    if ":" not in name:
-        raise ValueError(f"search.sampler={name!r}: unknown; choose one of {', '.join(SAMPLERS)} "
-                         "or name a class as package.module:Class")
-    cls = sampler_class(name)
-    try:
-        return cls(seed=seed)
-    except TypeError as err:
-        raise ValueError(f"search.sampler={name!r}: it must take a seed keyword ({err})") from None
 
 
 def open_study(study_name: str, storage_url: str, objectives: list[str], sampler: optuna.samplers.BaseSampler,

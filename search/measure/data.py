@@ -8,7 +8,7 @@ Where a dataset is looked for, in this order (the first hit wins):
      the dataset is not there, that is an error, never a silent fall-back elsewhere.
   2. the directory in the environment variable `ASCAN_DATA`;
   3. the project's sibling `../shared/data` (the parent of the repository holds `shared/`);
-  4. the user cache `~/.cache/ascan-search` (where `download=True` puts CIFAR-10);
+  4. the user cache `~/.cache/ascan-search` (where `data.download=true` puts CIFAR-10);
   5. Fashion-MNIST only: `/usr/share/datasets`, where Debian's `dataset-fashion-mnist` puts it.
 
 Every loaded dataset is checked before use (`check_arrays`): uint8 N x C x H x W images of at
@@ -25,14 +25,11 @@ from __future__ import annotations
 
 import functools
 import gzip
-import hashlib
 import math
 import os
 import pickle
-import shutil
 import tarfile
 import tempfile
-import urllib.request
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -144,10 +141,10 @@ def find_dataset_root(name: str, root: str | Path | None = None) -> Path:
     raise DataError(f"dataset {name!r} not found (looked in: {', '.join(map(str, bases))}); {_how_to_get(name)}")
 
 
-def _how_to_get(name: str) -> str:
+def _how_to_get(name: str, downloading: bool = False) -> str:
     if name == "cifar10":
-        return (f"put cifar10.npz or cifar-10-batches-py/ in one of them, set {DATA_ENV_VAR}, or load with "
-                f"download=True to fetch {CIFAR10_URL}")
+        fetch = "" if downloading else f"run with data.download=true to fetch it into {user_cache_dir()}, or "
+        return f"{fetch}put cifar10.npz or cifar-10-batches-py/ in one of them, or set {DATA_ENV_VAR}"
     if name == "fashion_mnist":
         return f"`apt-get install dataset-fashion-mnist`, or put its *-idx*-ubyte.gz files in a directory in {DATA_ENV_VAR}"
     return "point data.root at a directory of class sub-folders (optionally under train/ and test/)"
@@ -326,21 +323,35 @@ def _read_cifar_batches(directory: Path) -> tuple[np.ndarray, ...]:
 
 
 def download_cifar10(target: Path) -> Path:
-    """Fetch the official archive into `target`, check its MD5, unpack it; returns the batches dir."""
+    """Fetch the official archive with torchvision's downloader, check its MD5, and keep it as
+    `target/cifar10.npz` in the layout this module reads (x uint8 N x H x W x C); returns that
+    path. The archive and its batches are unpacked in a temporary folder and removed after."""
+    from torchvision.datasets.utils import check_integrity, download_url
+
     target.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target) as tmp:
+    out = target / "cifar10.npz"
+    with tempfile.TemporaryDirectory(dir=target, prefix=".cifar10-") as tmp:
         archive = Path(tmp) / "cifar-10-python.tar.gz"
+        print(f"downloading CIFAR-10 (170 MB) from {CIFAR10_URL} into {target}", flush=True)
         try:
-            with urllib.request.urlopen(CIFAR10_URL, timeout=60) as response, open(archive, "wb") as out:
-                shutil.copyfileobj(response, out)
-        except OSError as err:
-            raise DataError(f"cifar10: download from {CIFAR10_URL} failed ({err}); {_how_to_get('cifar10')}") from None
-        digest = hashlib.md5(archive.read_bytes()).hexdigest()
-        if digest != CIFAR10_MD5:
-            raise DataError(f"cifar10: {CIFAR10_URL} has MD5 {digest}, expected {CIFAR10_MD5}; not using it")
-        with tarfile.open(archive) as tar:
-            tar.extractall(target, filter="data")
-    return target / "cifar-10-batches-py"
+            download_url(CIFAR10_URL, tmp, archive.name)
+        except (OSError, RuntimeError) as err:  # no network, HTTP errors, too many redirects
+            raise DataError(f"cifar10: download from {CIFAR10_URL} failed ({_first_line(err)}); "
+                            f"{_how_to_get('cifar10', downloading=True)}") from None
+        if not check_integrity(archive, CIFAR10_MD5):
+            raise DataError(f"cifar10: {CIFAR10_URL} does not have the published MD5 {CIFAR10_MD5}; not using it")
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")
+        except (tarfile.TarError, OSError) as err:
+            raise DataError(f"cifar10: {archive.name}: cannot unpack ({_first_line(err)})") from None
+        x_train, y_train, x_test, y_test = _read_cifar_batches(Path(tmp) / "cifar-10-batches-py")
+        check_arrays(archive, (x_train, y_train, x_test, y_test), len(CIFAR10_CLASSES))
+        partial = Path(tmp) / out.name
+        np.savez(partial, x_train=x_train.transpose(0, 2, 3, 1), y_train=y_train,
+                 x_test=x_test.transpose(0, 2, 3, 1), y_test=y_test)
+        os.replace(partial, out)  # atomic: a half-written file is never found
+    return out
 
 
 def _read_idx(path: Path) -> np.ndarray:

@@ -35,6 +35,7 @@ import math
 import os
 import platform
 import time
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +52,10 @@ import ascan
 from ascan import ArchConfig, build_model
 
 from search.measure.macs import MacCount, analytic_macs, count_macs, count_params
-from search.measure.profile_cache import (ProfileCache, ProfileError, ProfileResult, from_known_fields, one_line, reference_hash,
+from search.measure.profile_cache import (ProfileCache, ProfileError, ProfileResult, one_line, reference_hash,
                             stable_hash)
+from search.measure.settings import LatencySettings
+from search.space.settings import DTYPES
 
 __all__ = [
     "LatencySettings", "LatencyResult", "measure_latency", "environment_fingerprint", "fingerprint_hash",
@@ -60,112 +63,8 @@ __all__ = [
     "count_params", "analytic_macs",
 ]
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-DEVICES = ("auto", "cpu", "cuda")
-CLOCKS = ("wall", "cpu")
+TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
 BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 1000, 0
-
-
-@dataclass(frozen=True)
-class LatencySettings:
-    """How to measure latency. Every field is part of the cache key.
-
-    `device="auto"` means CUDA when available; `num_threads=None` means torch's current
-    thread count. Both are resolved (and recorded) before measuring. `tf32` only matters for
-    float32 on CUDA. A single network (`measure_latency`) is sampled until `min_iters` samples
-    and `min_time_s` seconds are both reached, or `max_time_s` (None: no cap).
-
-    A window (`profile_window`) runs `iters_per_round` passes of each network per round (the
-    round's time is their median) and stops once `min_rounds` rounds and `min_time_s` are done
-    and every candidate's 95% interval half-width is under `target_rel_ci` of its value, or
-    at `max_time_s`. `clock="cpu"` times with the process's CPU time instead of the wall
-    clock (CPU only; see the README for when). A measurement is contaminated when the
-    per-round ratios' IQR exceeds `max_spread` of their median, or (wall clock) other
-    processes used more than `max_foreign_cpu` cores beyond those our threads leave free,
-    or the hypervisor stole more than `max_steal` of the CPU time; it is measured again up
-    to `max_retries` times.
-    """
-
-    device: str = "auto"
-    batch_size: int = 1
-    img_size: int = 224
-    in_chans: int = 3
-    dtype: str = "float32"
-    channels_last: bool = False
-    compile: bool = False
-    num_threads: int | None = None
-    tf32: bool = False
-    warmup_iters: int = 10
-    min_iters: int = 20
-    min_time_s: float = 2.0
-    max_time_s: float | None = 60.0
-    clock: str = "wall"
-    iters_per_round: int = 3
-    min_rounds: int = 10
-    target_rel_ci: float = 0.01
-    max_spread: float = 0.15
-    max_foreign_cpu: float = 0.5
-    max_steal: float = 0.1
-    max_retries: int = 2
-
-    def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ProfileError:
-            return ProfileError(f"LatencySettings.{name}={getattr(self, name)!r}: {why}")
-
-        if self.device not in DEVICES:
-            raise bad("device", f"choose one of {', '.join(DEVICES)}")
-        if self.clock not in CLOCKS:
-            raise bad("clock", f"choose one of {', '.join(CLOCKS)}")
-        if self.dtype not in DTYPES:
-            raise bad("dtype", f"unknown dtype, choose one of {', '.join(DTYPES)}")
-        for name in ("batch_size", "img_size", "in_chans", "warmup_iters", "min_iters", "iters_per_round",
-                     "min_rounds"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise bad(name, "must be a positive integer")
-        if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
-            raise bad("num_threads", "must be a positive integer or None")
-        for name in ("channels_last", "compile", "tf32"):
-            if not isinstance(getattr(self, name), bool):
-                raise bad(name, "must be true or false")
-        if not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool) or self.max_retries < 0:
-            raise bad("max_retries", "must be an integer >= 0")
-        for name in ("min_time_s", "target_rel_ci", "max_spread", "max_foreign_cpu", "max_steal"):
-            if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
-                raise bad(name, "must be a number >= 0")
-            object.__setattr__(self, name, float(getattr(self, name)))
-        if self.max_time_s is not None and (not _is_number(self.max_time_s) or self.max_time_s <= 0):
-            raise bad("max_time_s", "must be a number > 0, or None")
-        # 2 and 2.0 must hash alike, or one setting would be measured twice (floats: above).
-        if self.max_time_s is not None:
-            object.__setattr__(self, "max_time_s", float(self.max_time_s))
-
-    def resolved(self) -> "LatencySettings":
-        """The same settings with `device` and `num_threads` made concrete for this machine."""
-        device = self.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        elif device == "cuda" and not torch.cuda.is_available():
-            raise ProfileError("LatencySettings.device='cuda': CUDA is not available on this machine")
-        if device == "cuda" and self.clock == "cpu":
-            raise ProfileError("LatencySettings.clock='cpu': CPU time does not measure a GPU; use clock='wall'")
-        threads = torch.get_num_threads() if self.num_threads is None else self.num_threads
-        return dataclasses.replace(self, device=device, num_threads=threads)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LatencySettings":
-        return from_known_fields(cls, data)
-
-    @property
-    def settings_hash(self) -> str:
-        return stable_hash(self.to_dict())
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -258,7 +157,9 @@ def measurement_environment(settings: LatencySettings) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = settings.tf32
     torch.set_num_threads(settings.num_threads)
     try:
-        yield
+        # cuda:N: make it the current device, so CUDA events and streams time that GPU
+        with torch.cuda.device(torch.device(settings.device)) if cuda else contextlib.nullcontext():
+            yield
     finally:
         torch.set_num_threads(saved_threads)
         if cuda:
@@ -404,7 +305,7 @@ def _prepare(model: nn.Module, settings: LatencySettings, copy_model: bool) -> t
 
     Raises `ProfileError` (one line naming the setting) when it cannot run there.
     """
-    device, dtype = torch.device(settings.device), DTYPES[settings.dtype]
+    device, dtype = torch.device(settings.device), TORCH_DTYPES[settings.dtype]
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     shape = (settings.batch_size, settings.in_chans, settings.img_size, settings.img_size)
     where = f"input {shape} {settings.dtype} on {settings.device}"

@@ -28,98 +28,15 @@ from ascan import ArchConfig, build_model
 
 from search.measure.data import DataSplit, Normalizer, random_crop_flip
 from search.measure.estimate import binomial_se
+from search.measure.settings import PRESETS, SCORES, ProxySettings, preset  # noqa: F401 (re-exported)
 
 EpochCallback = Callable[[int, float], None]
-# The scores every training gives (`ProxyResult`): accuracy on the whole validation slice, on
-# its first `val_head` images, and the training loss over the whole run (TSE: its mean; TSE-EMA:
-# an exponential moving average that weights the end of the run most). `ProxySettings.score`
-# names the one the search optimises; `search.engine.objectives.PROXY_SCORES` says where each
-# is kept in the trial record and which way is better.
-SCORES = ("accuracy", "head_accuracy", "tse", "tse_ema")
 # TSE-EMA's time constant, as a share of the run's optimizer steps: a third, so the last third
 # of the run (the default's last epoch) carries 1 - 1/e = 63% of the weight. Defined on steps,
 # not epochs, so a one-epoch recipe is weighted like a three-epoch one.
 TSE_EMA_SPAN = 1 / 3
-AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "none": None}
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "none": None}  # settings.AMP_DTYPES
 CUDA_CHECK_EVERY = 16  # on a GPU, read the loss back every few steps only: each read is a sync
-
-
-@dataclass(frozen=True)
-class ProxySettings:
-    """How one proxy training runs. `warmup_fraction` is a share of all optimizer steps."""
-
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 0.05
-    warmup_fraction: float = 0.1
-    label_smoothing: float = 0.1
-    train_size: int = 10000
-    val_size: int = 10000  # the whole slice is scored once, after the last epoch
-    val_head: int = 2000  # its first images are scored after every epoch too: the curve, and a score of their own
-    seed: int = 0  # weights, data order and augmentation: what a replicate varies (estimate.replicate_seed)
-    data_seed: int = 0  # which images form the train subset and the validation slice: fixed across replicates
-    num_threads: int = 2
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp_dtype: str = "bfloat16"  # CUDA only: bfloat16 | float16 | none
-    channels_last: bool = True
-    max_grad_norm: float | None = 1.0
-    augment: bool = True
-    eval_batch_size: int = 500
-    score: str = "accuracy"  # which of the result's scores the search optimises (SCORES); the training is the same
-
-    def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"ProxySettings.{name}={getattr(self, name)!r}: {why}")
-
-        for name in ("epochs", "batch_size", "train_size", "val_size", "val_head", "num_threads", "eval_batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise bad(name, "must be a positive integer")
-        for name in ("lr", "weight_decay", "label_smoothing", "warmup_fraction"):
-            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
-                raise bad(name, "must be a finite number >= 0")
-        if self.lr == 0:
-            raise bad("lr", "must be > 0")
-        if self.label_smoothing >= 1 or self.warmup_fraction >= 1:
-            raise bad("label_smoothing" if self.label_smoothing >= 1 else "warmup_fraction", "must be < 1")
-        if self.amp_dtype not in AMP_DTYPES:
-            raise bad("amp_dtype", f"choose one of {', '.join(AMP_DTYPES)}")
-        if not (self.device in ("auto", "cpu") or self.device.split(":")[0] == "cuda"):
-            raise bad("device", "choose auto, cpu, cuda or cuda:N")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise bad("max_grad_norm", "must be > 0, or None for no clipping")
-        if self.score not in SCORES:
-            raise bad("score", f"choose one of {', '.join(SCORES)}")
-
-    def replace(self, **changes: Any) -> "ProxySettings":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-# Sized on 2 CPU cores (AVX2, torch 2.14, channels_last) for the space's proxy of the paper's
-# C1 layout (CC-CCCT-CCTT-CTTT, widths 16-32-64-128, stem stride 1, 32 px, 21.9 M MACs per
-# image): it trains at about 650 images/s on idle cores and scores at about 1,700 images/s, so
-# `default` (30k training images; 2 x 2k + 10k scored) takes about a minute and reaches about
-# 0.5 validation accuracy; `thorough` trains on 5x the images (150k). The 10k slice halves the
-# validation-sampling SE of a 2k one (0.5 points instead of 1.1 at p = 0.5) for about 10% more
-# CPU time per trial.
-# benchmarks/proxy_fidelity.py compares the rankings of the two. `smoke` is for tests only.
-PRESETS: dict[str, ProxySettings] = {
-    "smoke": ProxySettings(epochs=2, batch_size=64, train_size=640, val_size=200, val_head=100, lr=3e-3,
-                           eval_batch_size=200),
-    "default": ProxySettings(epochs=3, batch_size=128, train_size=10000, val_size=10000, val_head=2000, lr=3e-3),
-    "thorough": ProxySettings(epochs=6, batch_size=128, train_size=25000, val_size=10000, val_head=2000, lr=3e-3),
-}
-
-
-def preset(name: str, **overrides: Any) -> ProxySettings:
-    """A named preset with some fields changed: `preset("default", epochs=2)`."""
-    if name not in PRESETS:
-        raise ValueError(f"proxy preset {name!r}: unknown (choose one of {', '.join(PRESETS)})")
-    return PRESETS[name].replace(**overrides)
 
 
 @dataclass(frozen=True)

@@ -809,7 +809,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = args.out or args.study_dirs[0]
-    if not out.is_dir():
+    if args.out is not None and not out.is_dir():  # a missing study folder is named by build_report
         print(f"error: --out {out}: not a folder", file=sys.stderr)
         return 2
     try:

@@ -32,7 +32,7 @@ from typing import Any
 import optuna
 
 from ascan.config import NUM_STAGES, ArchConfig
-from search.space.spec import (DEFAULT_WIDTHS, FAMILIES, Budget, Constraints, NetworkSettings, ProxySettings,
+from search.space.spec import (DEFAULT_WIDTHS, FAMILIES, Budget, Constraints, NetworkSettings, SpecProxy,
                          ReportSettings, Spec, SpecError, StageRule, TargetSettings, display_path, layout_family,
                          locate_spec, read_spec, stage_is_even)
 
@@ -179,7 +179,7 @@ class SearchSpace:
     t_blocks: tuple[str, ...]
     network: NetworkSettings
     target: TargetSettings
-    proxy: ProxySettings
+    proxy: SpecProxy
     budget: Budget
     report: ReportSettings
 

@@ -26,7 +26,7 @@ from ascan.bounds import (MAX_HEAD_DIM, MAX_IMG_SIZE, MAX_IN_CHANS, MAX_NUM_CLAS
 from ascan.config import C_BLOCKS, NUM_STAGES, STAGE_PATTERN, T_BLOCKS
 
 from search.space import safe_yaml
-from search.space.budget import Budget
+from search.space.settings import DEVICES, DTYPES, Budget  # noqa: F401 (part of the spec's vocabulary)
 
 FAMILIES = ("symmetric", "asymmetric")
 DEFAULT_WIDTHS = (64, 128, 256, 512)
@@ -98,11 +98,11 @@ class TargetSettings:
     channels_last: bool = True
     compile: bool = False
     num_classes: int = 1000
-    CHOICES: ClassVar[dict] = {"dtype": ("float32", "float16", "bfloat16"), "device": ("auto", "cpu", "cuda")}
+    CHOICES: ClassVar[dict] = {"dtype": DTYPES, "device": DEVICES}
 
 
 @dataclass(frozen=True)
-class ProxySettings:
+class SpecProxy:
     """How a candidate is shrunk for short training: every width x width_mult, smaller images."""
 
     width_mult: float = 0.25
@@ -180,7 +180,7 @@ class Spec:
     constraints: Constraints
     network: NetworkSettings
     target: TargetSettings
-    proxy: ProxySettings
+    proxy: SpecProxy
     budget: Budget
     report: ReportSettings
 
@@ -254,7 +254,7 @@ def read_spec(path: Path) -> Spec:
         t_blocks=read.names(blocks.get("t", "attention"), "blocks.t", T_BLOCKS),
         network=read.settings(top.get("network"), "network", NetworkSettings),
         target=read.settings(top.get("target"), "target", TargetSettings),
-        proxy=read.settings(top.get("proxy"), "proxy", ProxySettings),
+        proxy=read.settings(top.get("proxy"), "proxy", SpecProxy),
         budget=read.settings(top.get("budget"), "budget", Budget),
         report=read.settings(top.get("report"), "report", ReportSettings))
     _check_size(read, spec)
