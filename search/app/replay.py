@@ -38,7 +38,7 @@ from search.engine.simulated import SimulatedExecutor
 from search.engine.study import finished_trials, make_sampler, open_study, quiet_heartbeats
 from search.measure.table_evaluator import TableEvaluator
 from search.measure.tables import Table, TableSpace
-from search.report.tables import ReferencePoint, compute_hypervolume
+from search.report.tables import HV_LATENCY_MULTIPLE, ReferencePoint, compute_hypervolume
 from search.space.budget import Budget
 
 CHECKPOINTS = (16, 32, 64, 128)  # evaluations at which regret is reported
@@ -56,7 +56,7 @@ def load_bench(name: str) -> tuple[Table, TableSpace]:
         from search.measure.tables.hybridbench import HybridSpace, hybridbench_table
 
         path = Path(name.partition(":")[2] or HYBRIDBENCH_CSV)
-        table = hybridbench_table(path)
+        table = hybridbench_table(path, c1_multiple=HV_LATENCY_MULTIPLE)
         return table, HybridSpace.for_table(table)
     raise ValueError(f"bench={name!r}: unknown; choose nb201-cifar10, nb201-cifar100, nb201-imagenet16-120 "
                      "or hybridbench[:path.csv]")
@@ -104,6 +104,7 @@ class Replay:
     snapshots: dict[int, Snapshot] = field(default_factory=dict)
     trials: list[tuple[int, str, float]] = field(default_factory=list)  # number, arch hash, accuracy told
     wall_s: float = 0.0
+    cpu_s: float = 0.0  # this process's CPU seconds: what the replay costs on an idle machine
 
 
 class Replayer:
@@ -119,7 +120,7 @@ class Replayer:
         return sorted({c for c in CHECKPOINTS if c <= n_trials} | {n_trials})
 
     def run(self, sampler: str, seed: int, n_trials: int, refine: int = 0) -> Replay:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         replay = Replay(sampler, seed, refine)
         if refine:  # refinement comes at the end: one study per budget
             for budget in self.checkpoints(n_trials):
@@ -136,8 +137,13 @@ class Replayer:
             context = self._search(sampler, seed, n_trials, 0, watch)
             replay.snapshots[n_trials] = self._snapshot(context, n_trials)
         replay.trials = [(t.number, TrialRecord.load(t).arch_hash, t.values[0]) for t in finished_trials(context.study)]
-        replay.wall_s = time.perf_counter() - started
+        replay.wall_s, replay.cpu_s = time.perf_counter() - started, time.process_time() - cpu
         return replay
+
+    def search(self, sampler: str, seed: int, n_trials: int, refine: int = 0) -> Snapshot:
+        """One search of `n_trials` trials and `refine` replicates; its front at the end."""
+        context = self._search(sampler, seed, n_trials, refine, lambda ctx, status: None)
+        return self._snapshot(context, n_trials + refine)
 
     def _search(self, sampler: str, seed: int, n_trials: int, refine: int,
                 watch: Callable[[Context, Status], None]) -> Context:
