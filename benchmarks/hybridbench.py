@@ -51,6 +51,7 @@ from search.report.tables import HV_LATENCY_MULTIPLE  # noqa: E402
 from search.space.space import PAPER_C1, load_space  # noqa: E402
 
 SEEDS = (0, 1)
+PROFILE_CACHE = ROOT / "results" / "profile_cache.sqlite"  # the tool's default cache
 THREADS = 2
 # Latency as every study of `hybrid` measures it on a 2-core CPU; `smoke` only checks the plumbing.
 LATENCY = {
@@ -70,7 +71,10 @@ def recipe_hash(recipe: str) -> str:
     return stable_hash({k: v for k, v in recipe_settings(recipe).items() if k != "seed"})
 
 
-def make_evaluator(recipe: str) -> ProxyEvaluator:
+def make_evaluator(recipe: str, profile_cache: Path | None = None) -> ProxyEvaluator:
+    """The search's own evaluator for `hybrid`. Latency windows are anchored to C1's latency
+    as kept in `profile_cache` (the tool's cache): without one, each window would have its
+    own scale, and windows would not compare."""
     space = load_space(SPACE)
     dataset = load_dataset("cifar10")
     target = space.target
@@ -78,8 +82,8 @@ def make_evaluator(recipe: str) -> ProxyEvaluator:
                               channels_last=target.channels_last, compile=False, num_threads=THREADS,
                               **LATENCY[recipe]).to_dict()
     c1 = space.target_config(space.reference_candidates()[0]).to_dict()
-    return ProxyEvaluator(space, dataset, recipe_settings(recipe), latency, None, c1, dataset.num_classes,
-                          dataset.in_chans)
+    return ProxyEvaluator(space, dataset, recipe_settings(recipe), latency, str(profile_cache) if profile_cache else None,
+                          c1, dataset.num_classes, dataset.in_chans)
 
 
 def records(evaluator: ProxyEvaluator, limit: int | None) -> list[TrialRecord]:
@@ -106,15 +110,16 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def measure(path: Path, recipe: str = "default", seeds: tuple[int, ...] = SEEDS, limit: int | None = None,
-            window: int = 5, say: Callable[[str], None] = print) -> int:
+            window: int = 5, profile_cache: Path = PROFILE_CACHE, say: Callable[[str], None] = print) -> int:
     """Measure the rows `path` lacks; returns how many were added."""
-    evaluator = make_evaluator(recipe)
+    evaluator = make_evaluator(recipe, profile_cache)
     wanted = records(evaluator, limit)
     digest = recipe_hash(recipe)
     rows = pd.read_csv(path).to_dict("records") if path.is_file() else []
     done = {(r["arch_hash"], int(r["seed"])) for r in rows if r["recipe_hash"] == digest}
-    latency = {r["arch_hash"]: {k: v for k, v in r.items() if k.startswith(("latency_", "params", "macs", "profile"))}
-               for r in rows}  # measured once per layout, whatever its seed
+    latency = {r["arch_hash"]: {k: v for k, v in r.items()
+                                if k.startswith(("latency_", "params", "macs", "profile", "fingerprint"))}
+               for r in rows if r["recipe_hash"] == digest}  # measured once per layout, whatever its seed
     added, started = 0, time.perf_counter()
     for seed in seeds:
         todo = [r for r in wanted if (r.arch_hash, seed) not in done]
@@ -218,6 +223,8 @@ def main() -> int:
     parser.add_argument("--recipe", default="default", choices=["default", "smoke"])
     parser.add_argument("--limit", type=int, default=None, help="only the first N layouts (tests, trials)")
     parser.add_argument("--window", type=int, default=5, help="layouts timed together in one profiling window")
+    parser.add_argument("--profile-cache", type=Path, default=PROFILE_CACHE,
+                        help="the profile cache that anchors every window to one scale (default: the tool's)")
     parser.add_argument("--report", action="store_true", help="report on the table instead of measuring")
     parser.add_argument("--replay-seeds", type=int, default=20)
     args = parser.parse_args()
@@ -225,7 +232,8 @@ def main() -> int:
         if args.report:
             report(args.csv, args.replay_seeds)
         else:
-            added = measure(args.csv, args.recipe, limit=args.limit, window=args.window)
+            added = measure(args.csv, args.recipe, limit=args.limit, window=args.window,
+                            profile_cache=args.profile_cache)
             print(f"added {added} rows to {args.csv}")
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -85,6 +85,17 @@ def plot(frame: pd.DataFrame, path: Path) -> list[Path]:
     return written
 
 
+def summarise(frame: pd.DataFrame) -> list[dict]:
+    """The summary rows of every bench in a raw frame (one row per replay and budget)."""
+    rows = []
+    for bench, group in frame.groupby("bench", sort=False):
+        regrets: dict[str, dict[int, dict[int, float]]] = {}
+        for r in group.itertuples():
+            regrets.setdefault(r.arm, {}).setdefault(r.seed, {})[r.evaluations] = r.regret
+        rows += [{**row, "bench": bench} for row in summary_rows(regrets, sorted(group["evaluations"].unique()))]
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bench", action="append", help="nb201-cifar10 (default) and hybridbench when its CSV exists")
@@ -95,47 +106,51 @@ def main() -> int:
     parser.add_argument("--gp-evaluations", type=int, default=None, help="evaluations for gp (default: --evaluations)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=DATA / "sampler_regret.csv")
+    parser.add_argument("--summarise", action="store_true", help="only summarise and plot the replays in --out")
     args = parser.parse_args()
+    if not args.summarise:
+        replay_all(args)
+    frame = pd.read_csv(args.out)
+    rows = summarise(frame)
+    print(format_rows(rows))
+    if "replay_cpu_s" in frame:
+        cpu = frame.drop_duplicates(["bench", "arm", "seed"]).groupby("arm", sort=False)["replay_cpu_s"].sum()
+        print(f"\nCPU seconds by arm: {', '.join(f'{arm} {s:.0f}' for arm, s in cpu.items())}; total {cpu.sum():.0f} "
+              f"({cpu.sum() / 2:.0f} s of wall time on 2 idle cores)")
+    summary = args.out.with_name(args.out.stem + "_summary.csv")
+    pd.DataFrame(rows).to_csv(summary, index=False)
+    written = plot(frame, args.out.with_suffix(""))
+    print(f"wrote {summary} and {', '.join(map(str, written))}")
+    return 0
+
+
+def replay_all(args: argparse.Namespace) -> None:
+    """Every replay, seed by seed (so a stopped run leaves paired results), each appended to
+    `args.out` as it ends."""
     benches = args.bench or ["nb201-cifar10"] + (["hybridbench"] if HYBRIDBENCH_CSV.exists() else [])
     arms = arms_for(args.samplers.split(","))
     jobs = []
     for bench in benches:
         evaluations = args.evaluations if not bench.startswith("hybridbench") else min(args.evaluations, 64)
-        for arm in arms:
-            gp = arm.sampler == "gp"
-            seeds = (args.gp_seeds or args.seeds) if gp else args.seeds
-            n = min(args.gp_evaluations or evaluations, evaluations) if gp else evaluations
-            jobs += [(bench, arm, seed, n) for seed in range(seeds)]
-    jobs.sort(key=lambda job: job[1].sampler != "gp")  # the slowest first, so the pool ends together
-    started = time.perf_counter()
-    results: dict[str, dict[Arm, list[Replay]]] = {b: {a: [] for a in arms} for b in benches}
-    cpu: dict[Arm, float] = {a: 0.0 for a in arms}
-    with multiprocessing.get_context("fork").Pool(args.workers) as pool:
-        for bench, arm, replay in pool.imap_unordered(_replay, jobs):
-            results[bench][arm].append(replay)
-            cpu[arm] += replay.cpu_s
-    wall = time.perf_counter() - started
-    rows, raw = [], []
-    for bench in benches:
-        by_arm = {a: sorted(r, key=lambda x: x.seed) for a, r in results[bench].items() if r}
-        budgets = sorted({b for replays in by_arm.values() for r in replays for b in r.snapshots})
-        for row in summary_rows(by_arm, budgets):
-            rows.append({**row, "bench": bench})
-        raw += [{"bench": bench, "arm": a.label, "sampler": a.sampler, "refine": a.refine, "seed": r.seed,
-                 "evaluations": b, "regret": s.regret, "hypervolume": s.hypervolume, "front_size": len(s.front),
-                 "simulated_h": s.simulated_s / 3600, "replay_s": r.wall_s, "replay_cpu_s": r.cpu_s}
-                for a, replays in by_arm.items() for r in replays for b, s in sorted(r.snapshots.items())]
-    print(format_rows(rows))
-    print(f"\n{len(jobs)} replays on {args.workers} workers in {wall:.0f} s of wall time; CPU seconds by arm: "
-          + ", ".join(f"{a.label} {s:.0f}" for a, s in cpu.items())
-          + f"; total {sum(cpu.values()):.0f} CPU s ({sum(cpu.values()) / args.workers:.0f} s on {args.workers} idle cores)")
+        for seed in range(max(args.seeds, args.gp_seeds or 0)):
+            for arm in arms:
+                gp = arm.sampler == "gp"
+                if seed < ((args.gp_seeds or args.seeds) if gp else args.seeds):
+                    n = min(args.gp_evaluations or evaluations, evaluations) if gp else evaluations
+                    jobs.append((bench, arm, seed, n))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(raw)
-    frame.to_csv(args.out, index=False)
-    pd.DataFrame(rows).to_csv(args.out.with_name(args.out.stem + "_summary.csv"), index=False)
-    written = plot(frame, args.out.with_suffix(""))
-    print(f"wrote {args.out}, {args.out.with_name(args.out.stem + '_summary.csv')} and {', '.join(map(str, written))}")
-    return 0
+    args.out.unlink(missing_ok=True)
+    started = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(args.workers) as pool:
+        for done, (bench, arm, r) in enumerate(pool.imap_unordered(_replay, jobs), start=1):
+            rows = [{"bench": bench, "arm": arm.label, "sampler": arm.sampler, "refine": arm.refine, "seed": r.seed,
+                     "evaluations": b, "regret": s.regret, "hypervolume": s.hypervolume, "front_size": len(s.front),
+                     "simulated_h": s.simulated_s / 3600, "replay_s": r.wall_s, "replay_cpu_s": r.cpu_s}
+                    for b, s in sorted(r.snapshots.items())]
+            pd.DataFrame(rows).to_csv(args.out, mode="a", header=not args.out.exists(), index=False)
+            print(f"[{done}/{len(jobs)}] {bench} {arm.label} seed {r.seed}: regret "
+                  f"{r.snapshots[max(r.snapshots)].regret:.4f} ({r.cpu_s:.1f} CPU s)", flush=True)
+    print(f"{len(jobs)} replays on {args.workers} workers in {time.perf_counter() - started:.0f} s of wall time")
 
 
 if __name__ == "__main__":

@@ -21,13 +21,14 @@ from search.space.space import PAPER_C1, load_space  # noqa: E402
 @pytest.mark.slow
 def test_a_smoke_row_retrains_to_its_recorded_accuracy_and_a_rerun_resumes(tmp_path):
     csv = tmp_path / "hb.csv"
-    assert hybridbench.measure(csv, "smoke", seeds=(1,), limit=1, say=lambda line: None) == 1
+    cache = tmp_path / "profile_cache.sqlite"
+    assert hybridbench.measure(csv, "smoke", seeds=(1,), limit=1, profile_cache=cache, say=lambda line: None) == 1
     row = pd.read_csv(csv).iloc[0].to_dict()
     assert row["layout"] == load_space("hybrid").enumerate()[0].layout and row["seed"] == 1
     assert row["recipe_hash"] == hybridbench.recipe_hash("smoke") and row["fingerprint_hash"]
     assert row["latency_ci_low_ms"] <= row["latency_ms"] <= row["latency_ci_high_ms"]
     assert row["params"] > 0 and row["macs"] > 0 and row["proxy_wall_time_s"] > 0 and row["val_count"] == 200
-    assert hybridbench.measure(csv, "smoke", seeds=(1,), limit=1, say=lambda line: None) == 0  # resumed: nothing to do
+    assert hybridbench.measure(csv, "smoke", seeds=(1,), limit=1, profile_cache=cache, say=lambda line: None) == 0  # resumed: nothing to do
     assert abs(hybridbench.retrain(row) - row["accuracy"]) <= 0.005  # seeded training: the same accuracy
 
 

@@ -183,32 +183,37 @@ class Arm:
 DEFAULT_ARM = Arm("default (tpe + refinement)", "tpe", RefineSettings().trainings)
 
 
-def regrets(replays: list[Replay], budget: int) -> np.ndarray:
-    return np.array([r.snapshots[budget].regret for r in replays if budget in r.snapshots])
+Regrets = dict[str, dict[int, dict[int, float]]]  # arm label -> seed -> evaluations -> HV regret
 
 
-def summary_rows(results: dict[Arm, list[Replay]], budgets: Sequence[int], baseline: str = "random") -> list[dict]:
+def regret_table(results: dict[Arm, list[Replay]]) -> Regrets:
+    return {arm.label: {r.seed: {b: s.regret for b, s in r.snapshots.items()} for r in replays}
+            for arm, replays in results.items()}
+
+
+def summary_rows(regrets: Regrets, budgets: Sequence[int], baseline: str = "random") -> list[dict]:
     """Per arm and budget: regret mean ± SE and median over seeds, and the paired Wilcoxon
     signed-rank test against the baseline arm on the same seeds (two-sided)."""
     from scipy.stats import wilcoxon
 
-    base = next((replays for arm, replays in results.items() if arm.label == baseline), None)
+    base = regrets.get(baseline, {})
     rows = []
-    for arm, replays in results.items():
+    for label, by_seed in regrets.items():
         for budget in budgets:
-            values = regrets(replays, budget)
-            if not len(values):
+            mine = {seed: values[budget] for seed, values in by_seed.items() if budget in values}
+            if not mine:
                 continue
-            row = {"bench": "", "arm": arm.label, "evaluations": budget, "seeds": len(values),
-                   "regret_mean": values.mean(), "regret_se": values.std(ddof=1) / math.sqrt(len(values))
-                   if len(values) > 1 else math.nan, "regret_median": float(np.median(values)),
-                   "vs_random_median_ratio": math.nan, "wilcoxon_p": math.nan}
-            if base is not None and arm.label != baseline:
-                paired = {r.seed: r.snapshots[budget].regret for r in base if budget in r.snapshots}
-                mine = {r.seed: r.snapshots[budget].regret for r in replays if budget in r.snapshots}
-                seeds = sorted(set(paired) & set(mine))
+            values = np.array(list(mine.values()))
+            row = {"bench": "", "arm": label, "evaluations": budget, "seeds": len(values),
+                   "regret_mean": values.mean(),
+                   "regret_se": values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else math.nan,
+                   "regret_median": float(np.median(values)), "vs_random_median_ratio": math.nan,
+                   "wilcoxon_p": math.nan}
+            paired = {seed: values[budget] for seed, values in base.items() if budget in values}
+            seeds = sorted(set(paired) & set(mine))
+            if label != baseline and seeds:
                 a, b = np.array([mine[s] for s in seeds]), np.array([paired[s] for s in seeds])
-                if len(seeds) and np.median(b) > 0:
+                if np.median(b) > 0:
                     row["vs_random_median_ratio"] = float(np.median(a) / np.median(b))
                 if len(seeds) >= 5 and np.any(a != b):
                     row["wilcoxon_p"] = float(wilcoxon(a, b).pvalue)
@@ -292,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wall = sum(r.wall_s for r in results[arm])
         simulated = np.mean([r.snapshots[max(r.snapshots)].simulated_s for r in results[arm]])
         print(f"  {arm.label}: {wall:.1f} s of replay; a search took {simulated / 3600:.1f} h simulated", flush=True)
-    rows = summary_rows(results, replayer.checkpoints(args["n_trials"]))
+    rows = summary_rows(regret_table(results), replayer.checkpoints(args["n_trials"]))
     for row in rows:
         row["bench"] = table.name
     print(format_rows(rows))
