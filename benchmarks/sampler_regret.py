@@ -17,7 +17,6 @@ function with torch at every ask): `--gp-seeds` and `--gp-evaluations` cap what 
 from __future__ import annotations
 
 import argparse
-import math
 import multiprocessing
 import os
 import sys
