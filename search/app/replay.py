@@ -35,11 +35,12 @@ from search.engine.phases import DEFAULT_PHASES, Context
 from search.engine.record import TrialRecord
 from search.engine.refine import RefineSettings
 from search.engine.simulated import SimulatedExecutor
-from search.engine.study import finished_trials, make_sampler, open_study, quiet_heartbeats
+from search.engine.samplers import make_sampler
+from search.engine.study import finished_trials, open_study, quiet_heartbeats
 from search.measure.table_evaluator import TableEvaluator
 from search.measure.tables import Table, TableSpace
 from search.report.tables import HV_LATENCY_MULTIPLE, ReferencePoint, compute_hypervolume
-from search.space.budget import Budget
+from search.space.settings import Budget
 
 CHECKPOINTS = (16, 32, 64, 128)  # evaluations at which regret is reported
 HYBRIDBENCH_CSV = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "hybridbench_cifar10_cpu.csv"
