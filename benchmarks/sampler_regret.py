@@ -112,7 +112,7 @@ def main() -> int:
     frame = pd.read_csv(args.out)
     rows = summarise(frame)
     print(format_rows(rows))
-    if "replay_cpu_s" in frame:
+    if "replay_cpu_s" in frame and frame["replay_cpu_s"].notna().all():
         cpu = frame.drop_duplicates(["bench", "arm", "seed"]).groupby("arm", sort=False)["replay_cpu_s"].sum()
         print(f"\nCPU seconds by arm: {', '.join(f'{arm} {s:.0f}' for arm, s in cpu.items())}; total {cpu.sum():.0f} "
               f"({cpu.sum() / 2:.0f} s of wall time on 2 idle cores)")
