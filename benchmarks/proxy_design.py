@@ -45,6 +45,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 # One thread per training, sleeping OpenMP waits: on a shared machine spinning threads collapse
 # (see proxy_fidelity.py). Set before torch loads, here and in the worker processes.
@@ -246,12 +247,13 @@ def table(rows: list[dict], seed: int = 0) -> pd.DataFrame:
     for (recipe, scale), group in frame.groupby(["recipe", "scale"], sort=False):
         for score in (s for s in SCORES if s in group and group[s].notna().any()):
             pairs = group.pivot_table(index="layout", columns="seed", values=score).dropna()
-            if pairs.shape[1] < 2 or len(pairs) < 3:
+            if pairs.shape[1] < 2 or len(pairs) < 2:
                 continue
             values = pairs.iloc[:, :2].to_numpy()
             a, b = values[:, 0], values[:, 1]
-            tau = kendalltau(a, b)
-            low, high = bootstrap_tau(a, b, rng)
+            # Seed SD and ICC from 2 layouts on; a tau over fewer than 3 layouts can only be +-1: not shown.
+            tau = kendalltau(a, b) if len(pairs) >= 3 else SimpleNamespace(statistic=math.nan, pvalue=math.nan)
+            low, high = bootstrap_tau(a, b, rng) if len(pairs) >= 3 else (math.nan, math.nan)
             share = icc(values)
             reliable = max(share, 0.0)  # a negative ICC estimates a share of 0
             first = group.iloc[0]

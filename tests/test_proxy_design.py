@@ -1,6 +1,7 @@
 """The proxy-design benchmark's pieces that need no training: the layout draw, equal cost, the table."""
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -66,6 +67,9 @@ def test_table_scores_seed_agreement_with_kendall_tau_and_its_interval(tmp_path)
     assert table.loc["default", "layouts"] == 6 and table.loc["default", "images"] == 5000
     assert 0.95 < table.loc["default", "ICC"] <= 1 and table.loc["long", "ICC"] < 0  # layouts explain none of it
     assert table.loc["default", "tau pred mean2"] >= table.loc["default", "tau pred 1"]
+    _rows(csv, "short", [0.3, 0.4], [0.31, 0.42])  # two layouts: a seed SD, but no tau
+    short = proxy_design.table(proxy_design.read_rows(csv)).set_index("recipe").loc["short"]
+    assert short["seed SD"] > 0 and math.isnan(short["tau"]) and math.isnan(short["tau low"])
 
 
 def test_icc_is_the_layouts_share_of_the_variance():
