@@ -182,15 +182,18 @@ def test_two_node_search_survives_a_lost_node_and_a_lost_cluster(tiny_space: Pat
     (["search.objectives=[accuracy,latency,params]"], "search.objectives"),
     (["profile.min_time_s=0.5"], "measured latency with other settings (min_time_s"),
     (["space=hybrid", "search.study_name=tiny-cifar10-smoke-s0"], "was made with space 'tiny'"),
+    (["proxy.val_size=50"], "measured accuracy with other settings (val_size 100 -> 50)"),
 ])
 def test_a_rerun_that_would_mix_incomparable_trials_is_refused(study_dir: Path, change, message):
-    """A finished study, resumed with other objectives, latency settings or another space: one
+    """A finished study, resumed with other objectives, latency settings, proxy recipe or space: one
     line, exit 2, and the study's config.yaml and trials untouched."""
     config = (study_dir / "config.yaml").read_text()
     trials = len(optuna.load_study(study_name=study_dir.name, storage=f"sqlite:///{study_dir / 'study.db'}").trials)
     space = [] if any(c.startswith("space=") for c in change) else [f"space={study_dir.parent.parent / 'tiny.yaml'}"]
-    proc = cli(*space, "executor=inline", "search.n_trials=5", "search.sampler=random", "search.seed=0",
-               *FAST, "proxy.epochs=1", "proxy.train_size=128", "proxy.val_size=100", *change,
+    base = [*space, "executor=inline", "search.n_trials=5", "search.sampler=random", "search.seed=0",
+            *FAST, "proxy.epochs=1", "proxy.train_size=128", "proxy.val_size=100"]
+    changed = {c.split("=")[0] for c in change}  # a key may be given once: the change replaces it
+    proc = cli(*[a for a in base if a.split("=")[0] not in changed], *change,
                results=study_dir.parent, check=False, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()

@@ -102,6 +102,10 @@ def check_storage_file(url: str, shown: Path | str) -> None:
                        "away to start the study again, or restore it from a copy")
 
 
+# How a training runs, not what it measures: a resumed study may change these.
+RUN_ONLY_PROXY_KEYS = ("seed", "num_threads", "device", "eval_batch_size", "amp_dtype", "channels_last")
+
+
 def study_name_for(space: SearchSpace, settings: RunSettings) -> str:
     preset = "quick" if settings.quick else settings.proxy.preset  # a quick study's latencies are not comparable
     return settings.search.study_name or f"{space.name}-{settings.data.name}-{preset}-s{settings.search.seed}"
@@ -257,6 +261,7 @@ class Campaign:
                            "pick another search.study_name")
         study.set_user_attr("space", self.space.name)
         self._check_latency_settings(study)
+        self._check_proxy_recipe(study)
         if s.enqueue_references and not study.get_trials(deepcopy=False):
             for params in self.evaluator.reference_params():
                 study.enqueue_trial(params, user_attrs={"reference": True})
@@ -265,15 +270,27 @@ class Campaign:
     def _check_latency_settings(self, study: optuna.Study) -> None:
         """Latencies measured under other settings (threads, batch, clock, ...) do not compare:
         a resumed study must keep its own, or take another name."""
-        wanted = self.latency_settings(self._threads)
-        recorded = study.user_attrs.get("latency_settings")
+        self._check_recorded(study, "latency_settings", self.latency_settings(self._threads), "latency", "latencies")
+
+    def _check_proxy_recipe(self, study: optuna.Study) -> None:
+        """Scores of another recipe (slice, epochs, images, score, ...) do not compare either. A
+        study made before recipes were recorded is judged by its trials' slice size."""
+        wanted = {k: v for k, v in self.proxy_settings().items() if k not in RUN_ONLY_PROXY_KEYS}
+        if "proxy_recipe" not in study.user_attrs:
+            counts = {TrialRecord.load(t).val_count for t in finished_trials(study)} - {None}
+            if counts and counts != {wanted["val_size"]}:
+                study.set_user_attr("proxy_recipe", {**wanted, "val_size": sorted(counts)[0]})
+        self._check_recorded(study, "proxy_recipe", wanted, "accuracy", "accuracies")
+
+    def _check_recorded(self, study: optuna.Study, key: str, wanted: dict[str, Any], what: str, whats: str) -> None:
+        recorded = study.user_attrs.get(key)
         if recorded is None:
-            study.set_user_attr("latency_settings", wanted)
+            study.set_user_attr(key, wanted)
             return
         changed = sorted(k for k in set(wanted) | set(recorded) if wanted.get(k) != recorded.get(k))
         if changed:
             diff = ", ".join(f"{k} {recorded.get(k)!r} -> {wanted.get(k)!r}" for k in changed[:3])
-            raise BadInput(f"study {self.study_name!r} measured latency with other settings ({diff}); its latencies "
+            raise BadInput(f"study {self.study_name!r} measured {what} with other settings ({diff}); its {whats} "
                            "would not compare with new ones: use the same settings or another search.study_name")
 
     def run(self) -> None:

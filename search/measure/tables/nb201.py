@@ -40,7 +40,7 @@ OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", 
 EDGES: tuple[str, ...] = ("1<-0", "2<-0", "2<-1", "3<-0", "3<-1", "3<-2")
 N_ARCH = len(OPS) ** len(EDGES)  # 15,625
 # Stored seed slots, in the order the package's extractor appended them (missing ones are
-# skipped, so a 2-seed cell most likely holds 777 and 888: NATS-Bench issue 30).
+# skipped, so a 2-seed cell most likely holds 777 and 888, as reported upstream in NATS-Bench).
 SEED_SLOTS: tuple[int, ...] = (777, 888, 999)
 # Our name -> (the package's dataset name, the NB201 split it was built from, classes, input side).
 DATASETS = {
