@@ -124,7 +124,7 @@ def test_interrupt_then_rerun_resumes_to_exactly_n_trials(tiny_space: Path, tmp_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
-    (["space=hybrid", "serch.n_trials=3"], "'serch.n_trials': unknown key (did you mean search.n_trials"),
+    (["space=hybrid", "serch.n_trials=3"], "'serch.n_trials': unknown key (did you mean 'search.n_trials'?)"),
     (["space=hybrid", "search.n_trials=many"], "search.n_trials"),
     (["space=hybrid", "search.sampler=tpee"], "search.sampler='tpee': choose one of"),
     (["space=nosuchspace"], "nosuchspace"),
