@@ -19,7 +19,7 @@ import torch
 from ascan import ArchConfig, build_model
 from search.measure.macs import analytic_macs
 from search.measure.profile import (LatencySettings, ProfileCache, ProfileError, lookup_profile, measure_latency,
-                            measure_window, profile_config, profile_window)
+                            measure_window, profile_config, profile_window, wait_for_quiet)
 from search.measure.profile_cache import SCHEMA_VERSION, stable_hash
 
 SMALL = ArchConfig(img_size=32, widths=(16, 32, 64, 128), stem_width=16, head_width=128)
@@ -129,6 +129,21 @@ def test_cpu_burners_on_our_cores_are_flagged(tmp_path):
     # cores with us); the exact figure rounds around 1.0, so assert what matters: over the allowance.
     assert result.foreign_cpu > settings.max_foreign_cpu, result.foreign_cpu
     assert len(cache) == 0
+
+
+def test_a_retry_waits_for_quiet_but_not_for_ever():
+    burn = "import time\nend = time.time() + 20\nwhile time.time() < end: pass"
+    burners = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(2)]
+    strict = LatencySettings(**{**WINDOW.to_dict(), "num_threads": 2})
+    try:
+        time.sleep(0.3)
+        waited = wait_for_quiet(strict, max_wait_s=2.5, probe_s=0.5)
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    assert 2.5 <= waited < 4.0, waited  # never quiet: it gave up at its limit
+    assert wait_for_quiet(LENIENT, max_wait_s=10.0, probe_s=0.5) < 1.5  # quiet by LENIENT's measure: one probe
 
 
 def test_cpu_clock_measures_and_is_refused_on_cuda():

@@ -12,7 +12,7 @@ from optuna.distributions import CategoricalDistribution
 
 from search.app.campaign import Campaign
 from search.engine.executor import InlineExecutor
-from search.engine.phases import Context, ReprofilePhase
+from search.engine.phases import Context, ReprofilePhase, overlapping
 from search.engine.record import TrialRecord
 from search.engine.refine import Refiner, RefineSettings, candidates, in_doubt, replicate_rule, replicates_needed
 from search.engine.replicates import LatencyHistory, Replicate, ReplicateStore, best_of
@@ -83,6 +83,17 @@ def test_the_rule_is_printed_from_the_fronts_gaps():
     assert "refine.max_replicates=3" in line
 
 
+def test_the_closing_reprofile_times_only_intervals_that_overlap():
+    def record(low: float | None, high: float | None) -> TrialRecord:
+        return TrialRecord(latency_ms=None if low is None else (low + high) / 2, latency_ci_low_ms=low,
+                           latency_ci_high_ms=high)
+
+    apart, a, b, unknown = record(10.0, 11.0), record(20.0, 22.0), record(21.5, 23.0), record(None, None)
+    assert overlapping([apart, a, b]) == [a, b]
+    assert overlapping([apart, a]) == []  # their order is clear: nothing to re-time
+    assert overlapping([apart, unknown]) == [apart, unknown]  # no interval: it may overlap anything
+
+
 def test_doubt_is_the_front_and_whatever_it_cannot_beat_decisively():
     study = _study([{"acc": 0.50, "lat": 50}, {"acc": 0.49, "lat": 55}, {"acc": 0.30, "lat": 60}])
     pool = candidates(study, ReplicateStore(study))
@@ -130,7 +141,7 @@ def test_refinement_adds_replicates_with_new_seeds_and_resumes(tiny_space: Path,
     before = {TrialRecord.load(t).arch_hash: len(history.history(TrialRecord.load(t).arch_hash)) for t in complete(study)}
     context = Context(study, campaign.storage, evaluator, InlineExecutor(), campaign.driver_settings(InlineExecutor()),
                       refine)
-    ReprofilePhase().run(context)
+    ReprofilePhase(only_overlapping=False).run(context)
     assert context.results["reprofiled"] == 2
     frame = trials_frame(study)
     for trial in complete(study):
@@ -207,7 +218,7 @@ def test_contaminated_reprofile_never_replaces_a_clean_latency(tmp_path: Path):
         evaluator = ProxyEvaluator(None, None, {}, settings, str(cache), small.to_dict(), 10, 3)
         context = Context(study, None, evaluator, InlineExecutor(), DriverSettings(0, ["accuracy", "latency"], Budget()),
                           RefineSettings())
-        ReprofilePhase().run(context)
+        ReprofilePhase(only_overlapping=False).run(context)
         return context.results.get("reprofiled", 0)
 
     # Forced onto its time cap after one round: every result of the window is flagged.

@@ -64,6 +64,16 @@ def test_a_broken_sampler_scores_worse_than_random(replayer):
     assert all(b > r for b, r in zip(broken, random)), (broken, random)
 
 
+def test_a_time_budget_stops_asking_when_the_next_trial_would_not_fit(replayer):
+    """`search.time_budget`, in simulated time: the same driver and refinement end near the
+    deadline with fewer trials, and a budget the search fits in changes nothing."""
+    full = replayer.search("random", 0, 32, refine=4)
+    short = replayer.search("random", 0, 32, refine=4, time_budget_s=4 * 3600)
+    roomy = replayer.search("random", 0, 32, refine=4, time_budget_s=2 * full.simulated_s)
+    assert short.evaluations < full.evaluations and short.simulated_s <= 1.1 * 4 * 3600
+    assert roomy.evaluations == full.evaluations and roomy.simulated_s == full.simulated_s
+
+
 def test_the_true_front_is_pareto_optimal(replayer):
     table = replayer.table
     front = pareto_rows(table)

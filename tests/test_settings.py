@@ -144,3 +144,15 @@ def test_the_schema_is_read_without_torch():
     code = "import sys, search.app.settings as s; s.help_text(); print(sorted({'torch', 'optuna', 'ascan'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("1200", 1200.0), ("90s", 90.0), ("20m", 1200.0), ("20min", 1200.0),
+                                               ("1.5h", 5400.0), (None, None)])
+def test_a_time_budget_is_read_as_a_duration(text, seconds):
+    assert settings_mod.duration_s(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "-5m", "20 minutes", "40d"])
+def test_a_bad_time_budget_is_one_line_naming_the_key(text):
+    with pytest.raises(SettingsError, match=r"^search\.time_budget=.*expected a duration"):
+        parse_args(["space=paper", f"search.time_budget={text}"])

@@ -38,7 +38,7 @@ from search.engine.refine import RefineSettings
 from search.measure.evaluator import ProxyEvaluator
 from search.report.tables import (HV_LATENCY_MULTIPLE, ReferencePoint, c1_reference, front_frame, front_trials, format_front,
                      hypervolume, latency_warning, study_reference, write_trials_csv)
-from search.app.settings import RunSettings, SettingsError, check_study_name, to_yaml
+from search.app.settings import RunSettings, SettingsError, check_study_name, duration_s, to_yaml
 from search.space.space import SearchSpace, SpecError, describe, load_space
 from search.space.spec import Budget
 from search.engine.stopping import StopSignals
@@ -151,6 +151,8 @@ class Campaign:
     profiling: dict[str, float] = dataclasses.field(default_factory=dict)  # of which the profiling node was held
     stop: StopSignals = dataclasses.field(default_factory=StopSignals)  # Ctrl-C and SIGTERM, while `run` runs
     _stop_reported: threading.Lock = dataclasses.field(default_factory=threading.Lock)  # taken once, never released
+    started: float = dataclasses.field(default_factory=time.monotonic)  # search.time_budget counts from here
+    out_of_time: bool = False  # the time budget ended the search before n_trials
 
     @classmethod
     def from_settings(cls, settings: RunSettings) -> "Campaign":
@@ -246,6 +248,12 @@ class Campaign:
         s = self.settings.search
         return min(s.n_trials, self.space.count()) if s.sampler == "grid" else s.n_trials
 
+    @property
+    def deadline(self) -> float | None:
+        """When the run must end (time.monotonic), or None without `search.time_budget`."""
+        budget = duration_s(self.settings.search.time_budget)
+        return None if budget is None else self.started + budget
+
     def open_study(self) -> optuna.Study:
         s = self.settings.search
         parallel = self.settings.executor == "ray"
@@ -339,12 +347,13 @@ class Campaign:
         context = Context(study, self.storage, self.evaluator, executor, self.driver_settings(executor),
                           RefineSettings(trainings=r.trainings, max_replicates=r.max_replicates, margin_se=r.margin_se),
                           say=lambda line: print(line, flush=True), on_status=progress, check_stop=self.stop.check,
-                          sole_driver=True)
+                          sole_driver=True, deadline=self.deadline)
         for phase in self.phases:
             started = time.monotonic()
             self.profiling[phase.name] = phase.run(context)
             self.stop.check()  # a stop dropped inside a finalizer ends the run before the next phase
             self.timing[phase.name] = time.monotonic() - started
+        self.out_of_time = bool(context.results.get("out_of_time"))
 
     def time_line(self) -> str:
         """Where this run's time went, phase by phase; the profiling share is time no training
@@ -368,8 +377,8 @@ class Campaign:
     def shortfall(self) -> str:
         """Why the run ended with fewer finished trials than asked (empty when it did not)."""
         finished = len(finished_trials(self.study))
-        if finished >= self.n_trials:
-            return ""
+        if finished >= self.n_trials or self.out_of_time:
+            return ""  # a time budget that ends the search early is what was asked for, not a failure
         failed = len(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
         return (f"only {finished} of {self.n_trials} trials finished ({failed} failed; see failure_reason in "
                 f"{self.folder / 'trials.csv'}); re-run the same command to retry")
@@ -418,6 +427,9 @@ class Campaign:
             + ("; DEMONSTRATION numbers" if self.settings.quick else "") + "):", format_front(front_frame(study))]
         if not interrupted and (time_line := self.time_line()):
             lines.append(time_line)
+        if not interrupted and self.out_of_time:
+            lines.append(f"search.time_budget={self.settings.search.time_budget} ended the search at {len(finished)} of "
+                         f"{self.n_trials} trials; the same command with a longer budget adds the rest")
         if not interrupted and (warning := latency_warning(study)):
             lines.append(warning)
         lines += ["", f"dashboard: {dashboard}", f"trials:    {csv}", f"storage:   {self.storage_url}",

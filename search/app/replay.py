@@ -141,13 +141,15 @@ class Replayer:
         replay.wall_s, replay.cpu_s = time.perf_counter() - started, time.process_time() - cpu
         return replay
 
-    def search(self, sampler: str, seed: int, n_trials: int, refine: int = 0) -> Snapshot:
-        """One search of `n_trials` trials and `refine` replicates; its front at the end."""
-        context = self._search(sampler, seed, n_trials, refine, lambda ctx, status: None)
-        return self._snapshot(context, n_trials + refine)
+    def search(self, sampler: str, seed: int, n_trials: int, refine: int = 0,
+               time_budget_s: float | None = None) -> Snapshot:
+        """One search of `n_trials` trials and `refine` replicates (within `time_budget_s` of
+        simulated time, as `search.time_budget`); its front at the end."""
+        context = self._search(sampler, seed, n_trials, refine, lambda ctx, status: None, time_budget_s)
+        return self._snapshot(context, len(finished_trials(context.study)) + refine)
 
     def _search(self, sampler: str, seed: int, n_trials: int, refine: int,
-                watch: Callable[[Context, Status], None]) -> Context:
+                watch: Callable[[Context, Status], None], time_budget_s: float | None = None) -> Context:
         executor = SimulatedExecutor(self.slots)
         evaluator = TableEvaluator(self.table, self.space, seed)
         with quiet_heartbeats():
@@ -159,7 +161,7 @@ class Replayer:
         context = Context(study, storage, evaluator, executor,
                           DriverSettings(n_trials=n_trials, objectives=["accuracy", "latency"], budget=Budget()),
                           RefineSettings(trainings=refine), say=lambda line: None, clock=executor.clock,
-                          sole_driver=True)
+                          sole_driver=True, deadline=None if time_budget_s is None else executor.clock() + time_budget_s)
         context.on_status = lambda status: watch(context, status)
         for phase in DEFAULT_PHASES:
             phase().run(context)

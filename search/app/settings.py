@@ -88,6 +88,8 @@ class SearchSettings:
         "choices": tuple(OBJECTIVES)})
     max_retries: int = _key(1, "re-runs of a trial whose worker died")
     enqueue_references: bool = _key(True, "try the paper's C1 and symmetric layouts first")
+    time_budget: Optional[str] = _key(None, "wall time of the whole run, e.g. 20m, 90s, 1.5h: no trial or refinement "
+                                            "training starts that would end after it; default: none")
 
 
 @dataclass
@@ -456,6 +458,7 @@ def _check_values(s: RunSettings) -> None:
         need(key, ok, f"must be a finite number {bound}")
 
     number("search.seed", 0, high=2**32 - 1)
+    duration_s(s.search.time_budget)
     if s.search.study_name is not None:
         check_study_name(s.search.study_name)
     number("ray.num_cpus", 1)
@@ -483,6 +486,22 @@ def _check_values(s: RunSettings) -> None:
     for key in ("proxy.device", "profile.device"):
         device = getattr(getattr(s, key.split(".")[0]), "device")
         need(key, device is None or is_device(device), f"choose {DEVICE_HELP}")
+
+
+DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|m|min|h)?\s*")
+DURATION_UNITS = {None: 1, "s": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def duration_s(text: str | None, key: str = "search.time_budget") -> float | None:
+    """Seconds of a duration written as 1200, 90s, 20m or 1.5h (None stays None)."""
+    if text is None:
+        return None
+    match = DURATION.fullmatch(str(text))
+    seconds = float(match[1]) * DURATION_UNITS[match[2]] if match else math.nan
+    if not 0 < seconds <= 30 * 86400:
+        raise SettingsError(f"{key}={_clip(text)}: expected a duration such as 20m, 90s or 1.5h "
+                            "(more than 0, at most 30 days)")
+    return seconds
 
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}")

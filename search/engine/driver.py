@@ -183,12 +183,13 @@ class Driver:
     def __init__(self, study: optuna.Study, storage: RDBStorage, evaluator: Evaluator, executor: Executor,
                  settings: DriverSettings, on_status: Callable[[Status], None] | None = None,
                  sole_driver: bool = False, check_stop: Callable[[], None] = lambda: None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, deadline: float | None = None):
         """`sole_driver`: the caller holds the study's lock (`search.lock`), so a RUNNING trial
         found at the start belongs to a dead driver and is retried at once, not after the
         heartbeat grace period. `check_stop` raises KeyboardInterrupt when a stop was asked
         for (`search.engine.stopping`); the loop calls it at each turn. `clock` gives the seconds
-        that progress and ages count in (a replay's simulated clock)."""
+        that progress and ages count in (a replay's simulated clock). `deadline` (on `clock`):
+        ask no trial that would end after it, at this run's pace so far (`search.time_budget`)."""
         self.study, self.evaluator, self.executor, self.settings = study, evaluator, executor, settings
         self.clock_s = clock
         self.check_stop = check_stop
@@ -201,6 +202,9 @@ class Driver:
         self.storage = storage
         self.plans: list[Plan] = []  # in flight: every stage but the final ones
         self.failed_this_run = 0
+        self.trained_this_run = 0
+        self.deadline = deadline
+        self.out_of_time = False  # the deadline stopped the asking
         self.window_s: dict[float, float] = {}  # this run's profiling windows: start time -> seconds
         self.ticks = itertools.count()
         self.started = self.clock_s()
@@ -231,7 +235,8 @@ class Driver:
                 self._collect(timeout=1.0)
                 self.recorder.heartbeat(self.plans)
             if self._finished() < self.settings.n_trials:
-                self._status(f"stopped: {self.failed_this_run} trials failed in this run (see failure_reason)")
+                self._status("stopped: the time budget would not fit another trial" if self.out_of_time else
+                             f"stopped: {self.failed_this_run} trials failed in this run (see failure_reason)")
         except KeyboardInterrupt as stop:
             self._interrupt(signal_name=str(stop) if str(stop).startswith("SIG") else "Ctrl-C")
             raise
@@ -250,7 +255,22 @@ class Driver:
         limit = self.settings.max_failures or max(10, 2 * self.settings.n_trials)
         if self.failed_this_run >= limit:
             return False
-        return self._finished() + len(self.plans) < self.settings.n_trials
+        return self._finished() + len(self.plans) < self.settings.n_trials and not self._late()
+
+    def _late(self) -> bool:
+        """Whether a trial asked now would end after the deadline. Its end is judged at this
+        run's pace (seconds per trained trial so far: parallel trainings and profiling windows
+        included) behind the trials already in flight; before the first, only a passed
+        deadline counts."""
+        if self.deadline is None:
+            return False
+        now = self.clock_s()
+        late = now >= self.deadline
+        if self.trained_this_run:
+            pace = (now - self.started) / self.trained_this_run
+            late = now + pace * (len(self.plans) + 1) > self.deadline
+        self.out_of_time = self.out_of_time or late
+        return late
 
     def _status(self, event: str) -> None:
         now = self.clock_s()
@@ -381,6 +401,7 @@ class Driver:
             return
         plan.record.update(trained=True, status=TRAINED)
         frozen = self.recorder.tell(plan)
+        self.trained_this_run += 1
         self.by_arch[plan.record.arch_hash] = frozen
         self._move(plan, Stage.TOLD)
         self._status(f"{plan.label}: acc {plan.record.accuracy:.3f}, {plan.record.latency_ms:.2f} ms")

@@ -6,6 +6,7 @@ halving, is one new phase in the list that `search.app.campaign` builds.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -37,7 +38,11 @@ class Context:
     sole_driver: bool = False
     clock: Callable[[], float] | None = None  # a replay's simulated clock; None: real time
     capacity: int = 1  # trainings at once: the search phase learns it from the executor
+    deadline: float | None = None  # on the run's clock: start no work that would end after it (search.time_budget)
     results: dict[str, Any] = field(default_factory=dict)  # what a phase leaves for the next ones
+
+    def now(self) -> float:
+        return self.clock() if self.clock is not None else time.monotonic()
 
 
 class Phase(Protocol):
@@ -56,9 +61,10 @@ class SearchPhase:
         extra = {} if context.clock is None else {"clock": context.clock}
         driver = Driver(context.study, context.storage, context.evaluator, context.executor, context.driver,
                         on_status=context.on_status, sole_driver=context.sole_driver,
-                        check_stop=context.check_stop, **extra)
+                        check_stop=context.check_stop, deadline=context.deadline, **extra)
         driver.run()
         context.capacity = driver.scheduler.capacity
+        context.results["out_of_time"] = driver.out_of_time
         return driver.profiling_s
 
 
@@ -70,7 +76,8 @@ class RefinePhase:
     def run(self, context: Context) -> float:
         refiner = Refiner(context.study, context.executor, context.refine, context.capacity, context.evaluator,
                           context.driver.trial_cpus, context.driver.trial_gpus,
-                          on_event=lambda event: context.say(f"[refine] {event}"), check_stop=context.check_stop)
+                          on_event=lambda event: context.say(f"[refine] {event}"), check_stop=context.check_stop,
+                          deadline=context.deadline, clock=context.now)
         if refiner.budget_left() > 0 and refiner.next_round():
             context.say(f"refining: up to {refiner.budget_left()} extra trainings where the front is in doubt")
         context.results["refined"] = refiner.run()
@@ -79,19 +86,30 @@ class RefinePhase:
 
 class ReprofilePhase:
     """Time the front and the candidates in doubt once more, together, in one window, so the
-    latencies the final front compares come from one window. Each result joins the
-    architecture's `LatencyHistory`."""
+    latencies the final front compares come from one window. Only those whose intervals
+    overlap need it: the others' order is already clear, and a smaller window reaches its
+    precision sooner. Each result joins the architecture's `LatencyHistory`."""
 
     name = "reprofile"
 
+    def __init__(self, only_overlapping: bool = True):
+        self.only_overlapping = only_overlapping  # False: time them all, even those already apart
+
     def run(self, context: Context) -> float:
         study = context.study
+        if context.deadline is not None and context.now() >= context.deadline:
+            context.say("re-profile skipped: the time budget is spent")
+            return 0.0
         doubtful = [c.trial for c in in_doubt(candidates(study, ReplicateStore(study)), context.refine.margin_se)]
-        unique = {TrialRecord.load(t).arch_hash: TrialRecord.load(t) for t in [*front_trials(study), *doubtful]}
-        if len(unique) < 2:
-            return 0.0  # one network needs no common window
-        context.say(f"re-profiling {len(unique)} front and near-front candidates together")
-        fn, args = context.evaluator.latency(list(unique.values()), remeasure=True)
+        history = LatencyHistory(study)
+        unique = {r.arch_hash: r for r in (history.preferred(TrialRecord.load(t))
+                                           for t in [*front_trials(study), *doubtful])}
+        tangled = overlapping(list(unique.values())) if self.only_overlapping else list(unique.values())
+        if len(tangled) < 2:
+            return 0.0  # every interval stands apart already: their order is known
+        context.say(f"re-profiling {len(tangled)} of {len(unique)} front and near-front candidates together "
+                    "(those whose latency intervals overlap)")
+        fn, args = context.evaluator.latency(tangled, remeasure=True)
         job = context.executor.submit_exclusive(fn, *args, name="reprofile_front")
         try:
             while not context.executor.wait([job], timeout=1.0):
@@ -100,7 +118,6 @@ class ReprofilePhase:
             context.executor.cancel(job)
             raise
         window = job.result()
-        history = LatencyHistory(study)
         for arch_hash, fields in window["fields"].items():
             history.add(arch_hash, {
                 "latency_ms": fields["latency_ms"], "latency_ci_low_ms": fields.get("latency_ci_low_ms"),
@@ -108,6 +125,18 @@ class ReprofilePhase:
                 "contamination": fields.get("latency_contamination"), "at": window["finished_at"]})
         context.results["reprofiled"] = len(window["fields"])
         return window["finished_at"] - window["started_at"]
+
+
+def overlapping(records: list[TrialRecord]) -> list[TrialRecord]:
+    """The records whose latency interval overlaps another's (a record without one counts as
+    overlapping): only their order needs a common window to settle."""
+    def interval(r: TrialRecord) -> tuple[float, float]:
+        if r.latency_ci_low_ms is None or r.latency_ci_high_ms is None:
+            return float("-inf"), float("inf")
+        return r.latency_ci_low_ms, r.latency_ci_high_ms
+
+    return [r for r in records if any(o is not r and interval(o)[0] <= interval(r)[1] and interval(r)[0] <= interval(o)[1]
+                                      for o in records)]
 
 
 DEFAULT_PHASES: tuple[type, ...] = (SearchPhase, RefinePhase, ReprofilePhase)

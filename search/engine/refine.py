@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -75,7 +76,7 @@ def replicates_needed(seed_sd: float, val_se: float, gap: float) -> int | None:
     return max(1, math.ceil(seed_sd**2 / room))
 
 
-def replicate_rule(pool: list[Candidate], val_count: int, max_replicates: int, seed_sd: float = SEED_SD) -> str:
+def replicate_rule(pool: list[Contender], val_count: int, max_replicates: int, seed_sd: float = SEED_SD) -> str:
     """The rule behind `refine.max_replicates`, with this study's numbers: the typical (median)
     accuracy gap between latency neighbours on the front, and the replicates it asks for."""
     front = sorted((c for c in pool if not any(o.latency_ms <= c.latency_ms and o.mean > c.mean for o in pool)),
@@ -98,14 +99,19 @@ class Refiner:
 
     def __init__(self, study: optuna.Study, executor: Executor, settings: RefineSettings, capacity: int,
                  evaluator: Evaluator, num_cpus: float, num_gpus: float,
-                 on_event: Callable[[str], None] = lambda event: None, check_stop: Callable[[], None] = lambda: None):
-        """`check_stop` raises KeyboardInterrupt when a stop was asked for (`search.stopping`)."""
+                 on_event: Callable[[str], None] = lambda event: None, check_stop: Callable[[], None] = lambda: None,
+                 deadline: float | None = None, clock: Callable[[], float] = time.monotonic):
+        """`check_stop` raises KeyboardInterrupt when a stop was asked for (`search.stopping`).
+        `deadline` (on `clock`): start no replicate that would end after it, judged by the
+        architecture's first training time."""
         self.study, self.executor, self.settings, self.capacity = study, executor, settings, capacity
         self.evaluator, self.num_cpus, self.num_gpus = evaluator, num_cpus, num_gpus
         self.on_event, self.check_stop = on_event, check_stop
         self.store = ReplicateStore(study)
         self.running: dict[Job, tuple[Contender, int]] = {}
         self.failures = 0  # failed replicates spend budget too, so a broken one cannot loop
+        self.deadline, self.clock = deadline, clock
+        self.out_of_time = False  # the deadline kept a replicate from starting
 
     def budget_left(self) -> int:
         return self.settings.trainings - self.store.all_extra() - len(self.running) - self.failures
@@ -128,8 +134,13 @@ class Refiner:
                 self.check_stop()
                 for candidate in self.next_round()[: max(0, min(self.budget_left(),
                                                               self.capacity - len(self.running)))]:
+                    if not self._fits(candidate):
+                        self.out_of_time = True
+                        break
                     self._start(candidate)
                 if not self.running:
+                    if self.out_of_time:
+                        self.on_event("stopped: the time budget would not fit another training")
                     return done
                 for job in self.executor.wait(list(self.running), timeout=1.0):
                     done += self._finish(job)
@@ -137,6 +148,12 @@ class Refiner:
             for job in self.running:
                 self.executor.cancel(job)  # finished replicates are stored already
             raise
+
+    def _fits(self, candidate: Contender) -> bool:
+        if self.deadline is None:
+            return True
+        seconds = TrialRecord.load(candidate.trial).proxy_wall_time_s or 0.0
+        return self.clock() + seconds <= self.deadline
 
     def _start(self, candidate: Contender) -> None:
         k = candidate.n + len([1 for c, _ in self.running.values() if c.arch_hash == candidate.arch_hash])

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class RefineSettings:
-    trainings: int = field(default=8, metadata={
+    trainings: int = field(default=4, metadata={
         "help": "extra trainings after the search where front membership is in doubt (0: off)"})
     max_replicates: int = field(default=3, metadata={
         "help": "trainings per architecture at most, its first one included (>= 1)"})

@@ -12,7 +12,8 @@ machine (neighbours on a VM host, thermal state) hits both in a round alike and 
 windows measured hours apart share one scale. Rounds go on until every candidate's 95%
 bootstrap interval is narrower than `target_rel_ci` (or `max_time_s`). A window run while
 other processes used the cores (from /proc/stat), or whose ratios spread too widely, is
-measured again and, if still bad, returned with `contaminated=True` and never cached.
+measured again, once the machine has been quiet for a moment (`wait_for_quiet`), and, if
+still bad, returned with `contaminated=True` and never cached.
 
 Latency is measured in the deployment mode the settings name (device, batch size,
 resolution, dtype, memory format, compile, threads, TF32), after a warm-up (lazy init,
@@ -273,6 +274,24 @@ def _load_problems(foreign_cpu: float | None, steal: float | None, settings: Lat
     return problems
 
 
+# A burst of other work (a compile, a test, a shell command) usually ends within seconds:
+# timing again at once would measure the same burst, and time spent re-timing holds every
+# training back. So a retry waits for a quiet second first, but never longer than this.
+QUIET_WAIT_S = 20.0
+
+
+def wait_for_quiet(settings: LatencySettings, max_wait_s: float = QUIET_WAIT_S, probe_s: float = 1.0) -> float:
+    """Sleep until other processes leave the cores a measurement needs (by `_load_problems`
+    over one `probe_s` probe), or `max_wait_s` passed; returns the seconds waited."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < max_wait_s:
+        meter = _LoadMeter().start()
+        time.sleep(probe_s)
+        if not _load_problems(*meter.stop(), settings):
+            break
+    return time.perf_counter() - started
+
+
 def _spread(values: np.ndarray) -> float:
     """IQR over median."""
     p25, median, p75 = np.percentile(values, [25, 50, 75])
@@ -506,10 +525,14 @@ def profile_window(targets: list[ArchConfig], reference: ArchConfig, settings: L
                                  reference_hash(_anchor_of(anchor)))) is not None:
                 done[arch_hash] = hit
     pending = [cfg for arch_hash, cfg in unique.items() if arch_hash not in done]
+    loaded = False
     for attempt in range(1, settings.max_retries + 2):
         if not pending:
             break
+        if attempt > 1 and loaded:
+            wait_for_quiet(settings)
         ref_result, results = _measure_targets(pending, reference, settings, anchor, attempt)
+        loaded = bool(_load_problems(ref_result.foreign_cpu, ref_result.steal, settings))
         if anchor is None and not ref_result.contaminated:
             anchor = ref_result
             if cache is not None:
@@ -602,6 +625,8 @@ def profile_config(cfg: ArchConfig, settings: LatencySettings, cache: ProfileCac
     model = build_model(cfg)
     macs = count_macs(model, (1, cfg.in_chans, settings.img_size, settings.img_size)).total
     for attempt in range(1, settings.max_retries + 2):
+        if attempt > 1 and _load_problems(latency.foreign_cpu, latency.steal, settings):
+            wait_for_quiet(settings)
         latency = measure_latency(model, settings)
         problems = _load_problems(latency.foreign_cpu, latency.steal, settings)
         spread = latency.iqr_ms / latency.median_ms

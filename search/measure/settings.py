@@ -142,7 +142,7 @@ class LatencySettings:
                                  "other work", CLOCKS)
     iters_per_round: int = 3
     min_rounds: int = 10
-    target_rel_ci: float = setting(0.01, "time a window until each latency's 95% interval is within this "
+    target_rel_ci: float = setting(0.015, "time a window until each latency's 95% interval is within this "
                                          "fraction (> 0)")
     max_spread: float = 0.15
     max_foreign_cpu: float = 0.5
