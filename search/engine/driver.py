@@ -203,6 +203,7 @@ class Driver:
         self.plans: list[Plan] = []  # in flight: every stage but the final ones
         self.failed_this_run = 0
         self.trained_this_run = 0
+        self._finished_count: int | None = None
         self.deadline = deadline
         self.out_of_time = False  # the deadline stopped the asking
         self.window_s: dict[float, float] = {}  # this run's profiling windows: start time -> seconds
@@ -249,7 +250,12 @@ class Driver:
             raise
 
     def _finished(self) -> int:
-        return len(finished_trials(self.study))
+        """Finished trials in the study. Counted again only after this driver told one, unless
+        another driver may be telling too: reading every trial at each turn of the loop was
+        most of a replay's time."""
+        if self._finished_count is None or not self.sole_driver:
+            self._finished_count = len(finished_trials(self.study))
+        return self._finished_count
 
     def _want_more(self) -> bool:
         limit = self.settings.max_failures or max(10, 2 * self.settings.n_trials)
@@ -281,6 +287,7 @@ class Driver:
         plan.stage, plan.since, plan.started = stage, next(self.ticks), self.clock_s()
         if stage.done:
             self.plans.remove(plan)
+            self._finished_count = None
 
     # ------------------------------------------------------------------ asking and routing
     def _ask_ahead(self) -> None:
