@@ -134,15 +134,18 @@ def test_cpu_burners_on_our_cores_are_flagged(tmp_path):
 def test_a_retry_waits_for_quiet_but_not_for_ever():
     burn = "import time\nend = time.time() + 20\nwhile time.time() < end: pass"
     burners = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(2)]
-    strict = LatencySettings(**{**WINDOW.to_dict(), "num_threads": 2})
+    strict = LatencySettings(**{**WINDOW.to_dict(), "num_threads": 2, "max_time_s": 30.0})
     try:
         time.sleep(0.3)
         waited = wait_for_quiet(strict, max_wait_s=2.5, probe_s=0.5)
+        short = LatencySettings(**{**strict.to_dict(), "max_time_s": 1.0})
+        capped = wait_for_quiet(short, max_wait_s=10.0, probe_s=0.5)  # no longer than a window may last
     finally:
         for burner in burners:
             burner.kill()
             burner.wait()
     assert 2.5 <= waited < 4.0, waited  # never quiet: it gave up at its limit
+    assert 1.0 <= capped < 2.5, capped
     assert wait_for_quiet(LENIENT, max_wait_s=10.0, probe_s=0.5) < 1.5  # quiet by LENIENT's measure: one probe
 
 

@@ -276,13 +276,17 @@ def _load_problems(foreign_cpu: float | None, steal: float | None, settings: Lat
 
 # A burst of other work (a compile, a test, a shell command) usually ends within seconds:
 # timing again at once would measure the same burst, and time spent re-timing holds every
-# training back. So a retry waits for a quiet second first, but never longer than this.
+# training back. So a retry waits for a quiet second first, but never longer than this, nor
+# longer than a window may last (`max_time_s`).
 QUIET_WAIT_S = 20.0
 
 
 def wait_for_quiet(settings: LatencySettings, max_wait_s: float = QUIET_WAIT_S, probe_s: float = 1.0) -> float:
     """Sleep until other processes leave the cores a measurement needs (by `_load_problems`
-    over one `probe_s` probe), or `max_wait_s` passed; returns the seconds waited."""
+    over one `probe_s` probe), or `max_wait_s` (at most `settings.max_time_s`) passed;
+    returns the seconds waited."""
+    if settings.max_time_s is not None:
+        max_wait_s = min(max_wait_s, settings.max_time_s)
     started = time.perf_counter()
     while time.perf_counter() - started < max_wait_s:
         meter = _LoadMeter().start()
