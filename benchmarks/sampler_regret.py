@@ -10,6 +10,7 @@ evaluations with ± SE bands (plotly HTML, with a PNG where kaleido is installed
 
     python benchmarks/sampler_regret.py                      # 20 seeds, 128 evaluations
     python benchmarks/sampler_regret.py --seeds 5 --evaluations 32 --samplers tpe,random
+    python benchmarks/sampler_regret.py --samplers gp+refine,random --evaluations 64   # gp with the default's refinement
 
 GP is far slower per trial than the others (Optuna's GPSampler optimises its acquisition
 function with torch at every ask): `--gp-seeds` and `--gp-evaluations` cap what it gets.
@@ -48,8 +49,13 @@ def _replay(job: tuple[str, Arm, int, int]) -> tuple[str, Arm, Replay]:
 
 
 def arms_for(samplers: list[str]) -> list[Arm]:
+    """`default` is the tool's default arm; `NAME+refine` is sampler NAME with the default's refinement."""
     arms = [DEFAULT_ARM] if "default" in samplers else []
-    return arms + [Arm(name, name) for name in samplers if name != "default"]
+    for name in (n for n in samplers if n != "default"):
+        sampler, _, refine = name.partition("+")
+        arms.append(Arm(f"{sampler} + refinement", sampler, DEFAULT_ARM.refine) if refine == "refine"
+                    else Arm(name, name))
+    return arms
 
 
 def plot(frame: pd.DataFrame, path: Path) -> list[Path]:
