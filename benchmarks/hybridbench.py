@@ -38,7 +38,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from search.app.replay import HYBRIDBENCH_CSV, Replayer, pareto_rows  # noqa: E402
+from search.app.replay import DEFAULT_ARM, HYBRIDBENCH_CSV, Replayer, pareto_rows  # noqa: E402
 from search.engine.record import TrialRecord  # noqa: E402
 from search.engine.refine import RefineSettings  # noqa: E402
 from search.measure.data import load_dataset  # noqa: E402
@@ -203,17 +203,19 @@ def report(path: Path, seeds: int = 20, say: Callable[[str], None] = print) -> d
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     replayer, truth = Replayer(table, space), set(front)
     refine = RefineSettings().trainings
-    for sampler in ("tpe", "random"):
+    default = DEFAULT_ARM.sampler
+    for sampler in (default, "random"):
         recall = np.array([len(truth & set(replayer.search(sampler, seed, 16, refine).front)) / len(truth)
                            for seed in range(seeds)])
         result[f"recall_{sampler}"] = recall
         say(f"recall of the true front, 16 trials + {refine} refinement trainings, {sampler}: median "
             f"{np.median(recall):.0%}, mean {recall.mean():.0%} ± {recall.std(ddof=1) / math.sqrt(seeds):.0%} (SE) "
             f"over {seeds} seeds")
-    if seeds >= 5 and np.any(result["recall_tpe"] != result["recall_random"]):
+    if seeds >= 5 and np.any(result[f"recall_{default}"] != result["recall_random"]):
         from scipy.stats import wilcoxon
 
-        say(f"paired Wilcoxon p (tpe vs random): {wilcoxon(result['recall_tpe'], result['recall_random']).pvalue:.2g}")
+        p = wilcoxon(result[f"recall_{default}"], result["recall_random"]).pvalue
+        say(f"paired Wilcoxon p ({default} vs random): {p:.2g}")
     return result
 
 

@@ -2,7 +2,7 @@
 
 Replays the real search (`search.app.replay`: the same driver, samplers, refinement, front and
 hypervolume code, in simulated time) with tpe, nsga2, gp and random search, and the tool's
-default (tpe + refinement), over many seeds, on NAS-Bench-201 CIFAR-10 and, when its table
+default (its sampler + refinement), over many seeds, on NAS-Bench-201 CIFAR-10 and, when its table
 exists, HybridBench (`benchmarks/hybridbench.py`). Prints a markdown table (HV regret mean ±
 SE and median at 16/32/64/128 evaluations, and the paired Wilcoxon test against random search
 on the same seeds), writes every replay's regret to a CSV and draws regret against
@@ -131,7 +131,7 @@ def main() -> int:
 
 def replay_all(args: argparse.Namespace) -> None:
     """Every replay, seed by seed (so a stopped run leaves paired results), each appended to
-    `args.out` as it ends."""
+    `args.out` as it ends. Rows of arms not replayed now stay; those of arms replayed now go."""
     benches = args.bench or ["nb201-cifar10"] + (["hybridbench"] if HYBRIDBENCH_CSV.exists() else [])
     arms = arms_for(args.samplers.split(","))
     jobs = []
@@ -144,7 +144,13 @@ def replay_all(args: argparse.Namespace) -> None:
                     n = min(args.gp_evaluations or evaluations, evaluations) if gp else evaluations
                     jobs.append((bench, arm, seed, n))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.unlink(missing_ok=True)
+    if args.out.exists():  # keep the other arms' rows: a table can be built up over several runs
+        kept = pd.read_csv(args.out)
+        redone = {(bench, arm.label) for bench, arm, _, _ in jobs}
+        kept = kept[[(b, a) not in redone for b, a in zip(kept["bench"], kept["arm"])]]
+        kept.to_csv(args.out, index=False)
+        if kept.empty:
+            args.out.unlink()
     started = time.perf_counter()
     with multiprocessing.get_context("fork").Pool(args.workers) as pool:
         for done, (bench, arm, r) in enumerate(pool.imap_unordered(_replay, jobs), start=1):

@@ -35,7 +35,7 @@ from search.engine.phases import DEFAULT_PHASES, Context
 from search.engine.record import TrialRecord
 from search.engine.refine import RefineSettings
 from search.engine.simulated import SimulatedExecutor
-from search.engine.samplers import make_sampler
+from search.engine.samplers import DEFAULT_SAMPLER, make_sampler
 from search.engine.study import finished_trials, open_study, quiet_heartbeats
 from search.measure.table_evaluator import TableEvaluator
 from search.measure.tables import Table, TableSpace
@@ -183,7 +183,7 @@ class Arm:
     refine: int = 0
 
 
-DEFAULT_ARM = Arm("default (tpe + refinement)", "tpe", RefineSettings().trainings)
+DEFAULT_ARM = Arm(f"default ({DEFAULT_SAMPLER} + refinement)", DEFAULT_SAMPLER, RefineSettings().trainings)
 
 
 Regrets = dict[str, dict[int, dict[int, float]]]  # arm label -> seed -> evaluations -> HV regret
@@ -253,7 +253,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def parse_args(argv: Sequence[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {"bench": "nb201-cifar10", "search.sampler": "tpe", "search.n_trials": "64",
+    options: dict[str, Any] = {"bench": "nb201-cifar10", "search.sampler": DEFAULT_SAMPLER, "search.n_trials": "64",
                                "seeds": "0-19", "refine.trainings": "0", "slots": "2"}
     for arg in argv:
         key, eq, value = arg.partition("=")

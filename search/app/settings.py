@@ -33,7 +33,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from search.engine.objectives import OBJECTIVES, PROXY_SCORES, check_objectives
 from search.engine.probe import connect_error
 from search.engine.settings import RefineSettings
-from search.engine.samplers import SAMPLERS as SAMPLER_REGISTRY, sampler_class
+from search.engine.samplers import DEFAULT_SAMPLER, SAMPLERS as SAMPLER_REGISTRY, sampler_class
 from search.measure.settings import CLOCKS, PRESETS, LatencySettings, ProxySettings
 from search.space import safe_yaml
 from search.space.settings import DEVICE_HELP, DTYPES, Budget, is_device
@@ -79,7 +79,7 @@ EXECUTORS = ("ray", "inline")
 @dataclass
 class SearchSettings:
     n_trials: int = _key(16, "finished trials wanted; a rerun resumes until this many exist")
-    sampler: str = _key("tpe", "Optuna sampler: a name, or any optuna BaseSampler subclass as package.module:Class", SAMPLERS)
+    sampler: str = _key(DEFAULT_SAMPLER, "Optuna sampler: a name, or any optuna BaseSampler subclass as package.module:Class", SAMPLERS)
     seed: int = _key(0, "seed of the sampler and the proxy training (0 to 2**32-1)")
     study_name: Optional[str] = _key(None, "letters, digits and ._+=- (at most 100); default: <space>-<data>-<preset>-s<seed>")
     storage: Optional[str] = _key(None, "SQLAlchemy URL; default: sqlite:///<results_dir>/<study>/study.db")

@@ -50,6 +50,9 @@ def _grid(seed: int, parallel: bool) -> "BaseSampler":
 # Each made from (seed, parallel). A new built-in is one entry.
 SAMPLERS: dict[str, Callable[[int, bool], "BaseSampler"]] = {
     "tpe": _tpe, "nsga2": _nsga2, "gp": _gp, "random": _random, "grid": _grid}
+# Replayed against NAS-Bench-201 (docs/replay.md), GP with refinement has half of random
+# search's hypervolume regret at 64 evaluations; TPE with refinement three quarters.
+DEFAULT_SAMPLER = "gp"
 
 
 def sampler_class(path: str) -> type:
