@@ -476,7 +476,7 @@ def next_steps(study: optuna.Study, folder: Path, dashboard: Path, max_latency_m
         within = "" if max_latency_ms is None else f" within {max_latency_ms:g} ms"
         lines += [f"  export the pick:     python -m search.export {folder} --trial {int(pick['number'])} --name {name}",
                   f"                       (trial {int(pick['number'])}: the most accurate{within}, the fastest of "
-                  "its ties; the front shows the re-profiled latency, the export keeps the trial's own)"]
+                  "its ties; the export records the latency the front shows)"]
     lines.append(f"  check the claims:    python -m search.findings {folder}")
     if quick:
         lines.append("  then the real search (about 25 min on 2 idle CPU cores): drop quick=true")
