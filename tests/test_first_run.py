@@ -86,3 +86,18 @@ def campaign_front_numbers(campaign) -> list[int]:
     from search.report.tables import front_frame
 
     return list(front_frame(campaign.study)["number"])
+
+
+@pytest.mark.slow  # a real (tiny) search
+def test_a_time_budget_ends_the_run_early_and_says_so_without_an_error(tiny_space, tmp_path, capsys):
+    """search.time_budget: the run stops asking for trials once the next would not fit, keeps
+    what finished, says how far it got, and exits 0 (it is what was asked for)."""
+    args = [f"space={tiny_space}", "executor=inline", "search.n_trials=40", "search.sampler=random",
+            "proxy.preset=smoke", "proxy.epochs=1", "proxy.train_size=128", "proxy.val_size=100",
+            "refine.trainings=0", "profile.min_time_s=0.05", "profile.min_iters=3", "profile.max_time_s=5",
+            "profile.target_rel_ci=0.05", "search.time_budget=3s", f"results_dir={tmp_path}"]
+    assert run_search.main(args) == 0
+    out = capsys.readouterr().out
+    assert "search.time_budget=3s ended the search at" in out, out[-2000:]
+    finished = int(out.split("search.time_budget=3s ended the search at ", 1)[1].split()[0])
+    assert finished < 40
