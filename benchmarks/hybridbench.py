@@ -203,19 +203,19 @@ def report(path: Path, seeds: int = 20, say: Callable[[str], None] = print) -> d
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     replayer, truth = Replayer(table, space), set(front)
     refine = RefineSettings().trainings
-    default = DEFAULT_ARM.sampler
-    for sampler in (default, "random"):
+    arms = {"default": DEFAULT_ARM.sampler, "random": "random"}
+    for arm, sampler in arms.items():
         recall = np.array([len(truth & set(replayer.search(sampler, seed, 16, refine).front)) / len(truth)
                            for seed in range(seeds)])
-        result[f"recall_{sampler}"] = recall
-        say(f"recall of the true front, 16 trials + {refine} refinement trainings, {sampler}: median "
+        result[f"recall_{arm}"] = recall
+        say(f"recall of the true front, 16 trials + {refine} refinement trainings, {arm} ({sampler}): median "
             f"{np.median(recall):.0%}, mean {recall.mean():.0%} ± {recall.std(ddof=1) / math.sqrt(seeds):.0%} (SE) "
             f"over {seeds} seeds")
-    if seeds >= 5 and np.any(result[f"recall_{default}"] != result["recall_random"]):
+    if seeds >= 5 and np.any(result["recall_default"] != result["recall_random"]):
         from scipy.stats import wilcoxon
 
-        p = wilcoxon(result[f"recall_{default}"], result["recall_random"]).pvalue
-        say(f"paired Wilcoxon p ({default} vs random): {p:.2g}")
+        p = wilcoxon(result["recall_default"], result["recall_random"]).pvalue
+        say(f"paired Wilcoxon p (default vs random): {p:.2g}")
     return result
 
 

@@ -60,8 +60,8 @@ def test_the_report_reads_tau_the_true_front_and_recall(tmp_path):
     result = hybridbench.report(csv, seeds=2, say=lines.append)
     assert 0.5 < result["tau"] <= 1 and result["tau_ci"][0] <= result["tau"] <= result["tau_ci"][1]
     assert result["front"] and any("true front" in line for line in lines)
-    assert all(0 <= r <= 1 for r in result["recall_tpe"]) and len(result["recall_random"]) == 2
-    assert not math.isnan(result["recall_tpe"].mean())
+    assert all(0 <= r <= 1 for r in result["recall_default"]) and len(result["recall_random"]) == 2
+    assert not math.isnan(result["recall_default"].mean())
 
 
 def test_a_table_missing_layouts_cannot_be_replayed(tmp_path):
