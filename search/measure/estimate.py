@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 
-# The seed-to-seed SD of one proxy accuracy, measured at full scale on the default recipe:
-# 1.5 points pooled over 7 layouts x 3 replicates (benchmarks/study_seed_tau.py). Part of it
-# was the 2k slice's sampling error; benchmarks/proxy_design.py measures it again per recipe.
+# The seed-to-seed SD of one proxy accuracy at full scale, default recipe: 1.5 points pooled
+# over 7 layouts x 3 replicates on the 2k slice (benchmarks/study_seed_tau.py), and 1.52 over
+# 16 layouts x 2 seeds on the 10k slice (benchmarks/proxy_design.py): training noise, which a
+# larger slice does not reduce.
 SEED_SD = 0.015
 
 
