@@ -479,7 +479,7 @@ def next_steps(study: optuna.Study, folder: Path, dashboard: Path, max_latency_m
                   "its ties; the export records the latency the front shows)"]
     lines.append(f"  check the claims:    python -m search.findings {folder}")
     if quick:
-        lines.append("  then the real search (about 25 min on 2 idle CPU cores): drop quick=true")
+        lines.append("  then the real search (about 15 min on 2 idle CPU cores): drop quick=true")
     return lines
 
 
