@@ -238,6 +238,8 @@ class Driver:
             if self._finished() < self.settings.n_trials:
                 self._status("stopped: the time budget would not fit another trial" if self.out_of_time else
                              f"stopped: {self.failed_this_run} trials failed in this run (see failure_reason)")
+            else:
+                self.out_of_time = False  # the deadline only held asking back for a while: it ended nothing
         except KeyboardInterrupt as stop:
             self._interrupt(signal_name=str(stop) if str(stop).startswith("SIG") else "Ctrl-C")
             raise
