@@ -41,12 +41,15 @@ sys.path.insert(0, str(ROOT))
 from search.app.replay import DEFAULT_ARM, HYBRIDBENCH_CSV, Replayer, pareto_rows  # noqa: E402
 from search.engine.record import TrialRecord  # noqa: E402
 from search.engine.refine import RefineSettings  # noqa: E402
+from search.engine.replicates import Replicate  # noqa: E402
+from search.measure.estimate import combine_replicates  # noqa: E402
 from search.measure.data import load_dataset  # noqa: E402
 from search.measure.evaluator import ProxyEvaluator  # noqa: E402
 from search.measure.profile import LatencySettings  # noqa: E402
 from search.measure.profile_cache import stable_hash  # noqa: E402
 from search.measure.proxy import preset  # noqa: E402
 from search.measure.tables.hybridbench import SPACE, HybridSpace, hybridbench_table, read_rows  # noqa: E402
+from search.report.findings import Z95, Architecture, device_label, layout_claims, paper_setting  # noqa: E402
 from search.report.tables import HV_LATENCY_MULTIPLE  # noqa: E402
 from search.space.space import PAPER_C1, load_space  # noqa: E402
 
@@ -175,6 +178,47 @@ def kendall_tau(rows: pd.DataFrame, resamples: int = 1000) -> tuple[float, float
     return float(kendalltau(a, b).statistic), float(low), float(high), len(pairs)
 
 
+def _json(cell: Any) -> dict[str, Any]:
+    return json.loads(cell) if isinstance(cell, str) and cell else {}
+
+
+def architectures(rows: pd.DataFrame) -> list[Architecture]:
+    """The table's layouts as the findings report sees a study's architectures: accuracy the
+    mean over seeds with its SE, latency the anchored median with its 95% interval."""
+    found = []
+    for arch_hash, group in rows.groupby("arch_hash", sort=False):
+        first = group.iloc[0]
+        estimate = combine_replicates([Replicate(int(r.seed), float(r.accuracy), int(r.val_count))
+                                       for r in group.itertuples()])
+        fingerprint, settings = _json(first.get("profile_fingerprint")), _json(first.get("profile_settings"))
+        low, high = float(first["latency_ci_low_ms"]), float(first["latency_ci_high_ms"])
+        found.append(Architecture(
+            study="hybridbench", folder=Path(), number=len(found), layout=first["layout"], family=first["family"],
+            c_block="fused_mbconv", t_block="attention", accuracy=estimate.mean, accuracy_se=estimate.se,
+            replicates=tuple(group["accuracy"]), seed_sd=estimate.seed_sd, latency_ms=float(first["latency_ms"]),
+            latency_low_ms=low, latency_high_ms=high, latency_interval="95% CI", latency_se=(high - low) / (2 * Z95),
+            device=device_label(fingerprint, settings), space=SPACE,
+            paper_setting=paper_setting(fingerprint, settings)))
+    return found
+
+
+def findings(rows: pd.DataFrame, reference_ms: float, say: Callable[[str], None] = print) -> dict[str, str]:
+    """Claims 1, 2, 3a and 3b judged on every layout of the table, as `search.findings` judges a
+    study; the verdict of each."""
+    group = architectures(rows)
+    say(f"the paper's claims on the whole grid ({len(group)} layouts, latency on {group[0].device}; "
+        f"hypervolume reference {reference_ms:.2f} ms):")
+    verdicts = {}
+    for finding in layout_claims(group, reference_ms):
+        verdicts[finding.key] = finding.verdict
+        say(f"  claim {finding.key}, {finding.claim}: {finding.verdict.upper()}")
+        for line in finding.evidence:
+            say(f"    - {line}")
+        if finding.decide:
+            say(f"    what would decide it: {finding.decide}")
+    return verdicts
+
+
 def report(path: Path, seeds: int = 20, say: Callable[[str], None] = print) -> dict[str, Any]:
     rows = read_rows(path)
     tau, low, high, n = kendall_tau(rows)
@@ -185,16 +229,15 @@ def report(path: Path, seeds: int = 20, say: Callable[[str], None] = print) -> d
     layouts = rows.drop_duplicates("arch_hash").set_index("arch_hash")["layout"]
     front = sorted(pareto_rows(table), key=lambda r: table.latency_ms[r])
     c1 = "-".join(PAPER_C1)
-    say(f"true front ({len(front)} layouts, mean over seeds; C1 {c1} is {'' if c1 in {layouts[table.keys[r]] for r in front} else 'NOT '}on it):")
+    on_front = c1 in {layouts[table.keys[r]] for r in front}
+    say(f"true front ({len(front)} layouts, mean over seeds; C1 {c1} is {'' if on_front else 'NOT '}on it):")
+    measured = {a.layout: a for a in architectures(rows)}
     for r in front:
-        stored = table.stored(r)
-        se = stored.std(ddof=1) / math.sqrt(len(stored)) if len(stored) > 1 else math.nan
-        ci = ""
-        if table.latency_ci_low_ms is not None:
-            ci = f" [{table.latency_ci_low_ms[r]:.2f}, {table.latency_ci_high_ms[r]:.2f}]"
-        say(f"  {layouts[table.keys[r]]:<22} acc {table.mean_accuracy[r]:.3f} ± {se:.3f} (n={len(stored)}), "
-            f"{table.latency_ms[r]:.2f} ms{ci}")
+        a = measured[layouts[table.keys[r]]]
+        say(f"  {a.layout:<22} acc {a.accuracy:.3f} ± {a.accuracy_se:.3f} (n={a.n}), {a.latency_ms:.2f} ms "
+            f"[{a.latency_low_ms:.2f}, {a.latency_high_ms:.2f}]")
     result: dict[str, Any] = {"tau": tau, "tau_ci": (low, high), "front": [layouts[table.keys[r]] for r in front]}
+    result["verdicts"] = findings(rows, table.reference_latency_ms, say)
     try:
         space = HybridSpace.for_table(table)
     except ValueError as err:

@@ -1,5 +1,5 @@
 """HybridBench: the table's rows re-train to the same accuracy, a rerun resumes, and the
-report reads tau, the true front and the replayed recall from a table."""
+report reads tau, the true front, the paper's claims and the replayed recall from a table."""
 from __future__ import annotations
 
 import math
@@ -62,6 +62,9 @@ def test_the_report_reads_tau_the_true_front_and_recall(tmp_path):
     assert result["front"] and any("true front" in line for line in lines)
     assert all(0 <= r <= 1 for r in result["recall_default"]) and len(result["recall_random"]) == 2
     assert not math.isnan(result["recall_default"].mean())
+    # the table was made with accuracy and latency both rising with the T count
+    assert result["verdicts"]["3a"] == result["verdicts"]["3b"] == "contradicted"
+    assert any("claim 3b, More T blocks overall do not raise accuracy: CONTRADICTED" in line for line in lines)
 
 
 def test_a_table_missing_layouts_cannot_be_replayed(tmp_path):

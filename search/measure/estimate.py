@@ -2,7 +2,7 @@
 
 A proxy accuracy is noisy in two ways. (1) Training noise: another seed (weights, data order,
 augmentation) on the same data slice gives another accuracy; measured on the default preset,
-the seed SD is about 2 points. (2) Validation sampling: the scored images are a sample of
+the seed SD is about 1.5 points. (2) Validation sampling: the scored images are a sample of
 the distribution; with `n` images and accuracy `p` the binomial standard error is
 sqrt(p(1-p)/n), about 1.1 points at n = 2,000.
 
@@ -11,8 +11,11 @@ does not shrink with more seeds; (1) does. `combine_replicates` therefore report
 
     se = sqrt(s**2 / n + p(1-p) / n_val)
 
-with `s` the between-replicate SD (n >= 2). With one replicate `s` is unknown and the SE is the
-binomial part alone, which understates the error: `n` says how much to trust it.
+with `s` the seed SD, pooled: the measured `SEED_SD` counted as `PRIOR_DOF` degrees of freedom
+plus the architecture's own n - 1. Two replicates alone would put their SD anywhere from 0 to
+twice the truth (one degree of freedom), and one replicate has none, so without the prior a
+lucky pair, or a single training, would look several times surer than it is. With many
+replicates their own spread dominates.
 
 This module is pure arithmetic (no torch, nothing from the driver): the record, the report
 and the dashboard all call it.
@@ -30,6 +33,9 @@ from typing import Protocol, Sequence
 # 16 layouts x 2 seeds on the 10k slice (benchmarks/proxy_design.py): training noise, which a
 # larger slice does not reduce.
 SEED_SD = 0.015
+# How much that measurement counts against an architecture's own replicates: as much as five
+# replicates' spread. It was measured on one recipe; another recipe's replicates outweigh it soon.
+PRIOR_DOF = 4
 
 
 class Scored(Protocol):
@@ -52,7 +58,7 @@ class AccuracyEstimate:
     mean: float
     se: float
     n: int
-    seed_sd: float | None  # between-replicate SD; None with one replicate (unknown)
+    seed_sd: float | None  # the replicates' own SD; None with one replicate (unknown)
     val_se: float  # the validation-sampling part, common to all replicates
 
     def to_dict(self) -> dict[str, float | int | None]:
@@ -73,8 +79,17 @@ def binomial_se(accuracy: float, count: int) -> float:
     return math.sqrt(accuracy * (1.0 - accuracy) / count)
 
 
-def combine_replicates(replicates: Sequence[Scored]) -> AccuracyEstimate:
-    """Mean, SE and count of several trainings of ONE architecture on one data slice.
+def pooled_seed_sd(own_sd: float | None, n: int, prior_sd: float = SEED_SD, prior_dof: int = PRIOR_DOF) -> float:
+    """The seed SD an SE should use: `prior_sd` (with `prior_dof` degrees of freedom) pooled
+    with `n` replicates' own SD (n - 1 of them); `prior_sd` alone for one replicate."""
+    if n < 2 or own_sd is None:
+        return prior_sd
+    return math.sqrt((prior_dof * prior_sd**2 + (n - 1) * own_sd**2) / (prior_dof + n - 1))
+
+
+def combine_replicates(replicates: Sequence[Scored], prior_sd: float = SEED_SD) -> AccuracyEstimate:
+    """Mean, SE and count of several trainings of ONE architecture on one data slice; the SE's
+    seed part is `pooled_seed_sd` (`prior_sd` for one replicate).
 
     Raises ValueError for no replicates, a failed one (filter those first: a failure is not an
     accuracy), a reused seed (not an independent replicate) or differing slice sizes.
@@ -93,10 +108,9 @@ def combine_replicates(replicates: Sequence[Scored]) -> AccuracyEstimate:
     accuracies = [rep.val_accuracy for rep in replicates]
     n, mean = len(accuracies), statistics.fmean(accuracies)
     val_se = binomial_se(mean, counts.pop())
-    if n == 1:
-        return AccuracyEstimate(mean, val_se, 1, None, val_se)
-    seed_sd = statistics.stdev(accuracies)
-    return AccuracyEstimate(mean, math.sqrt(seed_sd**2 / n + val_se**2), n, seed_sd, val_se)
+    own_sd = statistics.stdev(accuracies) if n > 1 else None
+    seed_part = pooled_seed_sd(own_sd, n, prior_sd)
+    return AccuracyEstimate(mean, math.sqrt(seed_part**2 / n + val_se**2), n, own_sd, val_se)
 
 
 def replicate_seed(base_seed: int, k: int) -> int:

@@ -20,8 +20,8 @@ that holds on a GPU and not on this CPU is a finding, not a failure.
 
 Our choices, where the paper states none:
 * claim 1 compares hypervolumes against the study's reference (2 x C1's latency, as the
-  report does), with a seeded parametric bootstrap over replicates; latency is held at its
-  median (it is the far less noisy objective);
+  report does), with a seeded parametric bootstrap (each accuracy drawn from its mean and
+  SE); latency is held at its median (it is the far less noisy objective);
 * claim 2 weights a stage's T blocks by its token count relative to the last stage,
   4^(3-i) for stage i = 0..3 (each stage halves the resolution), and regresses latency on
   that weighted count *and* the total T count together, so the position effect is not the
@@ -55,7 +55,6 @@ from search.report import page
 from search.report.files import write_atomically
 from search.report.dashboard import FAMILY_COLOURS, OTHER_COLOUR, reference_for
 from search.engine.record import TrialRecord
-from search.report.files import write_atomically
 from search.engine.replicates import LatencyHistory, ReplicateStore
 from search.report.tables import (HV_LATENCY_MULTIPLE, StudyFolderError, compute_hypervolume, front_trials, is_feasible,
                      open_study_dir)
@@ -129,9 +128,9 @@ class Architecture:
         return self.c_block == VANILLA_C and self.t_block == VANILLA_T and not t_before_c(self.layout)
 
 
-def device_label(record: TrialRecord) -> str:
-    """Where the latency was measured, from the record's profile fingerprint and settings."""
-    fp, settings = record.profile_fingerprint or {}, record.profile_settings or {}
+def device_label(fingerprint: dict | None, settings: dict | None) -> str:
+    """Where a latency was measured, from its profile's fingerprint and settings."""
+    fp, settings = fingerprint or {}, settings or {}
     if not fp:
         return "unknown device"
     parts = [str(fp.get("device_name") or fp.get("cpu") or fp.get("device_type", "?"))]
@@ -144,8 +143,8 @@ def device_label(record: TrialRecord) -> str:
     return " · ".join(parts)
 
 
-def paper_setting(record: TrialRecord) -> bool:
-    fp, settings = record.profile_fingerprint or {}, record.profile_settings or {}
+def paper_setting(fingerprint: dict | None, settings: dict | None) -> bool:
+    fp, settings = fingerprint or {}, settings or {}
     return (fp.get("device_type") == "cuda" and settings.get("dtype") == "float16"
             and settings.get("batch_size") == 16)
 
@@ -193,8 +192,8 @@ def load_architectures(folder: Path, study: optuna.Study) -> list[Architecture]:
             accuracy=estimate.mean, accuracy_se=estimate.se,
             replicates=tuple(r.val_accuracy for r in store.replicates(trial)), seed_sd=estimate.seed_sd,
             latency_ms=float(record.latency_ms), latency_low_ms=low, latency_high_ms=high, latency_interval=interval,
-            latency_se=latency_se, device=device_label(record), space=space,
-            paper_setting=paper_setting(record)))
+            latency_se=latency_se, device=device_label(record.profile_fingerprint, record.profile_settings),
+            space=space, paper_setting=paper_setting(record.profile_fingerprint, record.profile_settings)))
     return found
 
 
@@ -255,14 +254,10 @@ def ols(y: Sequence[float], regressors: dict[str, Sequence[float]]) -> dict[str,
 
 
 def bootstrap_accuracies(architectures: Sequence[Architecture], draws: int, rng: np.random.Generator) -> np.ndarray:
-    """(draws, architectures): each architecture's mean accuracy resampled from its replicates,
-    or from Normal(mean, SE) when it has one."""
-    columns = []
-    for a in architectures:
-        if a.n >= 2:
-            columns.append(rng.choice(np.array(a.replicates), size=(draws, a.n)).mean(axis=1))
-        else:
-            columns.append(rng.normal(a.accuracy, a.accuracy_se, draws))
+    """(draws, architectures): each architecture's mean accuracy drawn from Normal(mean, SE).
+    Its SE, not its replicates: resampling two or three replicates would see only their own
+    spread, which the SE pools with the measured seed noise."""
+    columns = [rng.normal(a.accuracy, a.accuracy_se, draws) for a in architectures]
     return np.column_stack(columns) if columns else np.empty((draws, 0))
 
 
@@ -352,8 +347,8 @@ def claim_asymmetric(group: list[Architecture], reference_ms: float, draws: int,
               for f, m in families.items()}
     joint = [a for a, keep in zip(members, non_dominated([a.accuracy for a in members], latency)) if keep]
     evidence = [f"hypervolume against the reference latency {reference_ms:.2f} ms (error x latency / reference; "
-                f"95% percentile intervals from {draws} seeded bootstrap draws over replicates: the HV of noisy "
-                "points is biased upward, so a point estimate may sit near its interval's low end)"]
+                f"95% percentile intervals from {draws} seeded bootstrap draws, each accuracy from its mean and SE: "
+                "the HV of noisy points is biased upward, so a point estimate may sit near its interval's low end)"]
     for f in families:
         lo, hi = np.percentile(hv[f], [2.5, 97.5])
         evidence.append(f"{f}: HV {point[f]:.4f} (95% CI {lo:.4f} to {hi:.4f}) from {len(families[f])} layouts, "
@@ -386,8 +381,8 @@ def _replicates_advice(members: Sequence[Architecture], se: float, effect: float
                      f"significant with 80% power, if it stays at that size (SE shrinks as 1/sqrt(n)): rerun the "
                      f"study's command with `refine.max_replicates={count} refine.trainings={trainings}`")
     if any(a.n == 1 for a in members):
-        lines.append("with one replicate the seed-to-seed SD is unknown and the SE is the validation part alone "
-                     "(it understates the noise): run at least 3 replicates first")
+        lines.append("with one replicate the seed part of the SE is the seed SD measured on the default recipe, "
+                     "not this study's own: replicates measure it")
     lines.append("replicates shrink only the seed part of the SE; a longer schedule (proxy.preset=thorough) or a "
                  "larger validation slice shrinks the rest")
     return "; ".join(lines)
@@ -446,6 +441,14 @@ def claim_t_accuracy(group: list[Architecture]) -> Finding:
                   + _replicates_advice(rows, slope.se, target, f"the slope's distance to the +{FLAT_ACCURACY_PER_T} "
                                                                "line or to 0"))
     return Finding("3b", CLAIMS["3b"], verdict, evidence, decide, None, _accuracy_t_figure(rows, slope))
+
+
+def layout_claims(group: list[Architecture], reference_ms: float, draws: int = BOOTSTRAP_DRAWS,
+                  seed: int = 0) -> list[Finding]:
+    """Claims 1, 2, 3a and 3b on one device's architectures: those about the layout alone."""
+    two, three = claim_t_position(group)
+    return [claim_asymmetric([a for a in group if a.vanilla], reference_ms, draws, seed), two, three,
+            claim_t_accuracy(group)]
 
 
 # ----------------------------------------------------------------- pairwise claims (4, 5)
@@ -683,10 +686,8 @@ def build_report(folders: Sequence[Path], budget_ms: float | None = None, seed: 
         group = [a for a in pooled if a.device == device]
         ablations = [a for a in everything if a.device == device]
         reference_ms, source = _reference(group, studies)
-        two, three = claim_t_position(group)
         four_a, four_b = claim_blocks(ablations)
-        findings = [claim_asymmetric([a for a in group if a.vanilla], reference_ms, draws, seed), two, three,
-                    claim_t_accuracy(group), four_a, four_b, claim_order(ablations)]
+        findings = [*layout_claims(group, reference_ms, draws, seed), four_a, four_b, claim_order(ablations)]
         devices.append(DeviceFindings(device, reference_ms, source, findings))
     if not devices:
         why = "no trained, timed architecture with a scored accuracy (val_count and proxy_seed recorded)"
