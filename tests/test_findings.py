@@ -6,13 +6,15 @@ import math
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 
 from search.report.findings import (BLOCKS_RUN, CONTRADICTED, INCONCLUSIVE, NOT_RUN, ORDER_RUN, PAPER_RUN, SUPPORTED,
-                             build_report, main, needed, render_markdown, t_before_c, weighted_t, write_findings)
+                             Architecture, build_report, claim_asymmetric, main, needed, render_markdown, t_before_c,
+                             weighted_t, write_findings)
 from search.engine.record import TrialRecord
 from search.engine.replicates import Replicate, ReplicateStore
 from search.space.space import layout_family, load_space
@@ -270,3 +272,21 @@ def test_browser_draws_every_figure_without_console_errors(tmp_path: Path):
     assert expected == 4 and summary.body["data-plots-rendered"] == "4"
     assert summary.plots == ["claim-1-0", "claim-2-0", "claim-3b-0", "claim-4a-0"]
     assert all(summary.points.get(plot, 0) > 0 for plot in summary.plots)
+
+
+def test_a_larger_family_is_not_better_for_its_size_alone():
+    """75 layouts of one distribution, labelled 60 asymmetric and 15 symmetric: the asymmetric
+    front reaches further only because it has more tries, so claim 1 stays undecided."""
+    rng = np.random.default_rng(3)
+    group = [Architecture(study="s", folder=Path(), number=i, layout=f"L{i}",
+                          family="asymmetric" if i < 60 else "symmetric", c_block="fused_mbconv",
+                          t_block="attention", accuracy=float(rng.normal(0.5, 0.015)), accuracy_se=0.002,
+                          replicates=(0.5, 0.5), seed_sd=0.002, latency_ms=float(rng.uniform(30, 45)),
+                          latency_low_ms=0.0, latency_high_ms=0.0, latency_interval="95% CI", latency_se=0.1,
+                          device="cpu", space="hybrid") for i in range(75)]
+    finding = claim_asymmetric(group, reference_ms=90.0, draws=400, seed=0)
+    text = "\n".join(finding.evidence)
+    uncut = float(text.split("uncut, ")[1].split(")")[0])
+    assert uncut > 0.002  # the bigger family's front is ahead...
+    assert "at equal size" in text and "cut at random to 15 layouts" in text
+    assert finding.verdict == INCONCLUSIVE  # ...for its size alone

@@ -57,7 +57,7 @@ def test_the_report_reads_tau_the_true_front_and_recall(tmp_path):
     c1 = "-".join(PAPER_C1)
     assert table.reference_latency_ms == pytest.approx(2 * (10.0 + c1.count("T") + 0.1 * len(c1)))
     lines = []
-    result = hybridbench.report(csv, seeds=2, say=lines.append)
+    result = hybridbench.report(csv, seeds=2, budgets=(16,), say=lines.append)
     assert 0.5 < result["tau"] <= 1 and result["tau_ci"][0] <= result["tau"] <= result["tau_ci"][1]
     assert result["front"] and any("true front" in line for line in lines)
     assert all(0 <= r <= 1 for r in result["recall_default"]) and len(result["recall_random"]) == 2
