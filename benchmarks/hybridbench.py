@@ -203,10 +203,9 @@ def architectures(rows: pd.DataFrame) -> list[Architecture]:
     return found
 
 
-def findings(rows: pd.DataFrame, reference_ms: float, say: Callable[[str], None] = print) -> dict[str, str]:
+def findings(group: list[Architecture], reference_ms: float, say: Callable[[str], None] = print) -> dict[str, str]:
     """Claims 1, 2, 3a and 3b judged on every layout of the table, as `search.findings` judges a
     study; the verdict of each."""
-    group = architectures(rows)
     say(f"the paper's claims on the whole grid ({len(group)} layouts, latency on {group[0].device}; "
         f"hypervolume reference {reference_ms:.2f} ms):")
     verdicts = {}
@@ -235,13 +234,14 @@ def report(path: Path, seeds: int = 20, budgets: tuple[int, ...] = (16, 32, 64),
     c1 = "-".join(PAPER_C1)
     on_front = c1 in {layouts[table.keys[r]] for r in front}
     say(f"true front ({len(front)} layouts, mean over seeds; C1 {c1} is {'' if on_front else 'NOT '}on it):")
-    measured = {a.layout: a for a in architectures(rows)}
+    group = architectures(rows)
+    measured = {a.layout: a for a in group}
     for r in front:
         a = measured[layouts[table.keys[r]]]
         say(f"  {a.layout:<22} acc {a.accuracy:.3f} ± {a.accuracy_se:.3f} (n={a.n}), {a.latency_ms:.2f} ms "
             f"[{a.latency_low_ms:.2f}, {a.latency_high_ms:.2f}]")
     result: dict[str, Any] = {"tau": tau, "tau_ci": (low, high), "front": [layouts[table.keys[r]] for r in front]}
-    result["verdicts"] = findings(rows, table.reference_latency_ms, say)
+    result["verdicts"] = findings(group, table.reference_latency_ms, say)
     try:
         space = HybridSpace.for_table(table)
     except ValueError as err:

@@ -344,14 +344,18 @@ def claim_asymmetric(group: list[Architecture], reference_ms: float, draws: int,
     point = {f: hypervolume_of(np.array([a.accuracy for a in families[f]]),
                                np.array([a.latency_ms for a in families[f]]), reference_ms) for f in families}
     size = min(len(m) for m in families.values())
-    pairs = [equal_size(is_asym, size, rng) for _ in range(draws)]
+    if len(families["asymmetric"]) == len(families["symmetric"]):
+        diff, estimate = hv["asymmetric"] - hv["symmetric"], point["asymmetric"] - point["symmetric"]
+    else:
+        pairs = [equal_size(is_asym, size, rng) for _ in range(draws)]
+        accuracy = np.array([a.accuracy for a in members])
 
-    def difference_of(accuracy: np.ndarray, pair: tuple[np.ndarray, np.ndarray]) -> float:
-        return (hypervolume_of(accuracy[pair[0]], latency[pair[0]], reference_ms)
-                - hypervolume_of(accuracy[pair[1]], latency[pair[1]], reference_ms))
+        def difference_of(values: np.ndarray, pair: tuple[np.ndarray, np.ndarray]) -> float:
+            return (hypervolume_of(values[pair[0]], latency[pair[0]], reference_ms)
+                    - hypervolume_of(values[pair[1]], latency[pair[1]], reference_ms))
 
-    diff = np.array([difference_of(row, pair) for row, pair in zip(samples, pairs)])
-    estimate = float(np.mean([difference_of(np.array([a.accuracy for a in members]), pair) for pair in pairs]))
+        diff = np.array([difference_of(row, pair) for row, pair in zip(samples, pairs)])
+        estimate = float(np.mean([difference_of(accuracy, pair) for pair in pairs]))
     low, high = np.percentile(diff, [2.5, 97.5])
     difference = Interval(estimate, float(low), float(high), float(diff.std(ddof=1)))
     verdict = sign_verdict(difference, +1)
